@@ -1,0 +1,210 @@
+"""The ``.ebai`` artifact: a folder holding ``manifest.json`` and the files it lists.
+
+Layout::
+
+    denoiser.ebai/
+      manifest.json           schema, specs, records, sha256 of every file below
+      reference.onnx          fp32 ONNX of the (pruned, fine-tuned) network
+      openvino-int8/...       one folder per target, as the backend wrote it
+      cache/                  optional, unhashed: backend caches (e.g. TensorRT engines)
+
+An artifact is written in a temporary folder and renamed into place, so it is complete or absent;
+opening one checks the schema and every hash and refuses anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ebai.core.errors import ArtifactError
+from ebai.core.files import atomic_dir, check_output
+from ebai.core.interfaces import Engine
+from ebai.core.manifest import Manifest, TargetRecord
+
+__all__ = ["MANIFEST", "Artifact", "ArtifactWriter", "package_versions", "sha256_file", "write_artifact"]
+
+MANIFEST = "manifest.json"
+#: Sub-folder backends may fill at run time (engine caches); not hashed, not required.
+CACHE_DIR = "cache"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (those not installed are left out)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _listed_files(root: Path) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d != CACHE_DIR]
+        for f in filenames:
+            rel = (rel_dir / f).as_posix()
+            if rel != MANIFEST:
+                yield rel
+
+
+class ArtifactWriter:
+    """Collects an artifact's files in a temporary folder and publishes them at once.
+
+    Use as a context manager; write files under :attr:`root`, then call :meth:`commit` with the
+    manifest. Leaving the block without committing (an error, Ctrl-C) removes everything.
+
+    Examples
+    --------
+    >>> with ArtifactWriter(Path("denoiser.ebai")) as w:         # doctest: +SKIP
+    ...     export_onnx(model, w.root / "reference.onnx")
+    ...     artifact = w.commit(manifest)
+    """
+
+    def __init__(self, path: Path | str, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        check_output(self.path, overwrite)
+        self._ctx: Any = None
+        self._root: Path | None = None
+        self._manifest: Manifest | None = None
+
+    @property
+    def root(self) -> Path:
+        """The temporary folder to write into (renamed to :attr:`path` on commit)."""
+        if self._root is None:
+            raise RuntimeError("ArtifactWriter.root is only valid inside its with-block")
+        return self._root
+
+    def __enter__(self) -> ArtifactWriter:
+        self._ctx = atomic_dir(self.path, self.overwrite)
+        self._root = self._ctx.__enter__()
+        return self
+
+    def commit(self, manifest: Manifest) -> Manifest:
+        """Hash every file, write the manifest; the folder is published when the block ends."""
+        files = {rel: sha256_file(self.root / rel) for rel in sorted(_listed_files(self.root))}
+        for t in manifest.targets:
+            for f in t.files:
+                rel = f"{t.directory}/{f}" if t.directory else f
+                if rel not in files:
+                    raise ArtifactError(f"target {t.key} lists {rel!r} but no such file was written")
+        if manifest.reference and manifest.reference not in files:
+            raise ArtifactError(f"reference model {manifest.reference!r} was not written")
+        created = manifest.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._manifest = replace(manifest, created=created).with_files(files)
+        (self.root / MANIFEST).write_text(self._manifest.to_json(), encoding="utf-8")
+        return self._manifest
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        ctx, self._ctx, self._root = self._ctx, None, None
+        if exc_type is None and self._manifest is None:
+            err = ArtifactError("artifact was not committed; nothing was written")
+            ctx.__exit__(ArtifactError, err, None)
+            raise err
+        if exc_type is None:
+            ctx.__exit__(None, None, None)
+            return False
+        return bool(ctx.__exit__(exc_type, exc, tb))
+
+
+def write_artifact(path: Path | str, manifest: Manifest, files: dict[str, Path], overwrite: bool = False) -> Artifact:
+    """Write an artifact from existing files (copied in under their relative names)."""
+    import shutil
+
+    with ArtifactWriter(path, overwrite) as w:
+        for rel, src in files.items():
+            dst = w.root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        w.commit(manifest)
+    return Artifact.open(path)
+
+
+class Artifact:
+    """An artifact opened from disk, its schema and every hash verified.
+
+    Use :meth:`open`; then :attr:`manifest` tells what is inside and :meth:`load_engine` runs it.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, path: Path | str, verify: bool = True) -> Artifact:
+        """Open the artifact at ``path``; with ``verify`` (default) check every file's sha256."""
+        import json
+
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"{str(path)!r} is not an ebai artifact folder: give the path of a .ebai folder made by ebai compress")
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise ArtifactError(f"{str(path)!r} has no {MANIFEST}: the artifact is incomplete, recreate it with ebai compress")
+        try:
+            data = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{MANIFEST} in {str(path)!r} is not valid JSON ({exc}): the artifact is damaged, recreate it") from exc
+        manifest = Manifest.from_dict(data)
+        art = cls(path, manifest)
+        if verify:
+            art.verify()
+        return art
+
+    def verify(self) -> None:
+        """Raise :class:`ArtifactError` on a missing, extra or changed file."""
+        listed = self.manifest.files
+        present = set(_listed_files(self.path))
+        missing = sorted(set(listed) - present)
+        if missing:
+            raise ArtifactError(f"artifact {str(self.path)!r} is incomplete: {missing[0]!r} is missing; recreate it with ebai compress")
+        extra = sorted(present - set(listed))
+        if extra:
+            raise ArtifactError(f"artifact {str(self.path)!r} holds a file its manifest does not list ({extra[0]!r}): it was modified, recreate it")
+        for rel, digest in listed.items():
+            if sha256_file(self.path / rel) != digest:
+                raise ArtifactError(
+                    f"artifact file {rel!r} in {str(self.path)!r} does not match its sha256: it was modified or damaged, recreate the artifact"
+                )
+
+    def file(self, relative: str) -> Path:
+        """Absolute path of a file listed in the manifest."""
+        if relative not in self.manifest.files:
+            raise ArtifactError(f"artifact {self.manifest.name!r} has no file {relative!r}")
+        return self.path / relative
+
+    @property
+    def cache_dir(self) -> Path:
+        """Folder for backend caches next to the artifact's files (not hashed)."""
+        return self.path / CACHE_DIR
+
+    def target(self, backend: str | None = None, precision: str | None = None) -> TargetRecord:
+        """The target for ``backend``/``precision`` (see :meth:`Manifest.target`)."""
+        return self.manifest.target(backend, precision)
+
+    def load_engine(self, backend: str | None = None, precision: str | None = None, **options: Any) -> Engine:
+        """Load an engine for a target through its installed backend plugin."""
+        from ebai.core.plugins import get_backend
+
+        target = self.target(backend, precision)
+        impl = get_backend(target.backend)
+        return impl.load(self.path / target.directory, target.lowering(), **options)

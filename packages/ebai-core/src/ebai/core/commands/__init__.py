@@ -1,0 +1,1 @@
+"""Subcommands of ``ebai`` that ebai-core provides (registered through ``ebai.cli`` entry points)."""

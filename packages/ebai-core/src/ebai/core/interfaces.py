@@ -1,0 +1,217 @@
+"""The contracts between ebai packages.
+
+Adapters (``ebai-adapters``, or a tool's own package) provide a :class:`ModelSource` and a
+:class:`DataSource`; backends (``ebai-openvino``, ``ebai-tensorrt``) provide a :class:`Backend`,
+whose engines follow :class:`Engine`. ``ebai-compress`` joins them. Nothing here imports torch:
+model modules are typed as ``Any`` and loaded by the source only when asked for.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ebai.core.specs import InputSpec, OutputSpec
+
+__all__ = [
+    "Backend",
+    "DataSource",
+    "Engine",
+    "Lowering",
+    "ModelSource",
+    "PRECISIONS",
+]
+
+#: Precisions a recipe may ask a backend for.
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@runtime_checkable
+class ModelSource(Protocol):
+    """A trained model together with what the bare network lacks.
+
+    Attributes
+    ----------
+    name
+        Short name recorded in the manifest (e.g. ``"monai-unet"``).
+    input_spec, output_spec
+        Layout of the model input and output (see :mod:`ebai.core.specs`).
+    """
+
+    name: str
+    input_spec: InputSpec
+    output_spec: OutputSpec
+
+    def load_module(self) -> Any:
+        """Return the ``torch.nn.Module`` in eval mode, on the CPU; a fresh copy on every call."""
+        ...
+
+    def preprocess(self, sample: np.ndarray) -> np.ndarray:
+        """Turn one raw sample ``(C, *spatial)`` into a float32 model input of the same layout."""
+        ...
+
+    def postprocess(self, output: np.ndarray) -> np.ndarray:
+        """Turn one model output ``(C, *spatial)`` into the user's result (image, masks, ...)."""
+        ...
+
+    def evaluate(self, prediction: np.ndarray, target: np.ndarray) -> Mapping[str, float]:
+        """Task metric(s) of a postprocessed prediction against a postprocessed target.
+
+        Used by the accuracy guard with the original model's result as target. Return an empty
+        mapping when the task has no metric beyond Pearson.
+        """
+        ...
+
+    def describe(self) -> Mapping[str, Any]:
+        """JSON-ready description recorded in the manifest (adapter name and its config)."""
+        ...
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """The user's own images, for calibration, distillation and the accuracy guard.
+
+    Iteration yields raw samples, channels first (``C, *spatial``), in a stable order; samples may be
+    larger than the model's tile (ebai crops or tiles them).
+    """
+
+    def __iter__(self) -> Iterator[np.ndarray]: ...
+
+    def __len__(self) -> int: ...
+
+
+class Engine(ABC):
+    """A compiled model: numpy batches in, numpy batches out, any batch size.
+
+    Engines own native resources; use them as context managers or call :meth:`close`.
+    """
+
+    #: Backend name and precision of the model being run, for reports.
+    backend: str = ""
+    precision: str = ""
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch ``(N, C, *spatial)`` float32 and return ``(N, C_out, *spatial)`` float32."""
+
+    def infer_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Run many batches, yielding results in input order.
+
+        Backends override this to overlap requests (an async infer queue, CUDA streams).
+        """
+        for batch in batches:
+            yield self.infer(batch)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, engines without resources need nothing
+        """Release native resources; the engine cannot be used afterwards."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.infer(batch)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """What a backend wrote when lowering an ONNX model, as recorded in the manifest.
+
+    Attributes
+    ----------
+    backend, precision
+        Who lowered it and to what.
+    files
+        Paths of the written files, relative to the folder given to :meth:`Backend.lower`.
+    entry
+        The file :meth:`Backend.load` opens first (e.g. the ``.xml`` of an OpenVINO IR).
+    options
+        The options the files were made with (preset, fallback, ...), enough to explain them.
+    record
+        Backend facts worth keeping (tool versions, layers left in higher precision, timings).
+    """
+
+    backend: str
+    precision: str
+    files: tuple[str, ...]
+    entry: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Scores a candidate output against a reference output; higher is better (e.g. Pearson).
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+class Backend(ABC):
+    """Lowers an fp32 ONNX model to a backend format and loads engines from it.
+
+    A backend never sees torch: ``ebai-compress`` hands it an ONNX file with a dynamic batch axis
+    plus preprocessed calibration batches.
+    """
+
+    #: Entry-point name, e.g. ``"openvino"``.
+    name: str = ""
+    #: Precisions this backend can produce.
+    precisions: tuple[str, ...] = PRECISIONS
+
+    def available(self) -> str | None:
+        """Return ``None`` when the backend can run here, else the reason and what to install."""
+        return None
+
+    def variants(self, precision: str) -> list[dict[str, Any]]:
+        """Option sets worth trying for ``precision``; the accuracy guard keeps the best one.
+
+        The default is a single variant with default options.
+        """
+        return [{}]
+
+    @abstractmethod
+    def lower(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        *,
+        precision: str,
+        input_spec: InputSpec,
+        calibration: Sequence[np.ndarray],
+        options: Mapping[str, Any] | None = None,
+    ) -> Lowering:
+        """Write the backend files for ``onnx_path`` at ``precision`` into the empty ``out_dir``.
+
+        ``calibration`` holds preprocessed input batches ``(N, C, *tile)`` float32 taken from the
+        user's data; backends that need no calibration ignore it.
+        """
+
+    def lower_with_accuracy_control(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        *,
+        precision: str,
+        input_spec: InputSpec,
+        calibration: Sequence[np.ndarray],
+        validation: Sequence[tuple[np.ndarray, np.ndarray]],
+        metric: Metric,
+        max_drop: float,
+        options: Mapping[str, Any] | None = None,
+    ) -> Lowering | None:
+        """Accuracy-aware fallback the guard calls when :meth:`lower` was not faithful enough.
+
+        ``validation`` pairs a preprocessed input batch with the original model's output for it;
+        ``metric(candidate, reference)`` scores outputs (higher is better) and the result may lose
+        at most ``max_drop`` against a perfect score of the fp32 model. Return ``None`` when the
+        backend has no such fallback.
+        """
+        return None
+
+    @abstractmethod
+    def load(self, directory: Path, lowering: Lowering, **options: Any) -> Engine:
+        """Compile the files of ``lowering`` found under ``directory`` and return an engine."""

@@ -1,0 +1,30 @@
+"""One progress helper for every step longer than a couple of seconds.
+
+Bars go to stderr and disappear when stderr is not a terminal or ``EBAI_PROGRESS=0``, so logs and
+CI output stay clean.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+__all__ = ["progress"]
+
+T = TypeVar("T")
+
+
+def _enabled() -> bool:
+    flag = os.environ.get("EBAI_PROGRESS")
+    if flag is not None:
+        return flag not in ("0", "false", "no", "")
+    return sys.stderr.isatty()
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", **kwargs: Any) -> Iterator[T]:
+    """Wrap ``iterable`` in a progress bar labelled ``desc``."""
+    from tqdm.auto import tqdm
+
+    yield from tqdm(iterable, desc=desc, total=total, unit=unit, disable=not _enabled(), file=sys.stderr, leave=False, **kwargs)

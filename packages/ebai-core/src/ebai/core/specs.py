@@ -1,0 +1,180 @@
+"""What a model expects and gives: axes, channels, tile shape and normalisation.
+
+These records travel inside the artifact's manifest, so an engine can be driven (tiled, normalised)
+without the code that built the model, and without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ebai.core.errors import InputError
+
+__all__ = ["InputSpec", "Normalization", "OutputSpec"]
+
+_SPATIAL = "tzyx"
+_NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Intensity normalisation applied to each raw sample before the model sees it.
+
+    ``percentile`` maps the ``low``/``high`` percentiles of each channel to 0 and 1 (cellpose, CARE
+    style); ``zscore`` subtracts the mean and divides by the standard deviation of each channel;
+    ``minmax`` maps each channel's range to [0, 1]; ``none`` only casts to float32.
+    """
+
+    kind: str = "none"
+    low: float = 1.0
+    high: float = 99.8
+
+    def __post_init__(self) -> None:
+        if self.kind not in _NORMALIZATIONS:
+            raise InputError(
+                f"unknown normalisation {self.kind!r}: use one of {', '.join(_NORMALIZATIONS)}"
+            )
+        if self.kind == "percentile" and not 0 <= self.low < self.high <= 100:
+            raise InputError(
+                f"percentile normalisation needs 0 <= low < high <= 100, got {self.low} and {self.high}"
+            )
+
+    def apply(self, sample: np.ndarray) -> np.ndarray:
+        """Normalise one sample with channels first (``C, *spatial``); returns float32."""
+        x = np.asarray(sample, dtype=np.float32)
+        if self.kind == "none":
+            return x
+        flat = x.reshape(x.shape[0], -1)
+        if self.kind == "percentile":
+            lo, hi = np.percentile(flat, [self.low, self.high], axis=1)
+        elif self.kind == "minmax":
+            lo, hi = flat.min(axis=1), flat.max(axis=1)
+        else:  # zscore
+            lo = flat.mean(axis=1)
+            hi = lo + flat.std(axis=1)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        scale = np.maximum(hi - lo, 1e-8).reshape(shape)
+        return ((x - lo.reshape(shape)) / scale).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form stored in manifests."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input: axes with batch first, channels, the tile it runs on, tiling hints.
+
+    Attributes
+    ----------
+    axes
+        Axis letters of the model input, batch ``b`` then channel ``c`` then spatial axes, e.g.
+        ``"bczyx"`` for a 3D net or ``"bcyx"`` for a 2D net.
+    channels
+        Number of input channels the model was trained with.
+    tile
+        Spatial shape (one entry per spatial axis) used for export, calibration and tiling.
+    dtype
+        Input dtype of the exported model; ebai feeds ``float32``.
+    normalization
+        How a raw sample is normalised before inference.
+    overlap
+        Fraction of the tile shared by neighbouring tiles when tiling a large image.
+    divisor
+        Every spatial size the model is fed must be a multiple of this (e.g. 16 for a U-Net with
+        four poolings); the tiler pads to it.
+    """
+
+    axes: str
+    channels: int
+    tile: tuple[int, ...]
+    dtype: str = "float32"
+    normalization: Normalization = field(default_factory=Normalization)
+    overlap: float = 0.25
+    divisor: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tile", tuple(int(t) for t in self.tile))
+        spatial = self.axes[2:]
+        if self.axes[:2] != "bc" or not spatial or any(a not in _SPATIAL for a in spatial):
+            raise InputError(
+                f"input axes {self.axes!r} are not understood: write batch, channel, then spatial "
+                "axes, e.g. 'bczyx' for 3D or 'bcyx' for 2D"
+            )
+        if len(self.tile) != len(spatial):
+            raise InputError(
+                f"tile {self.tile} has {len(self.tile)} sizes but axes {self.axes!r} have "
+                f"{len(spatial)} spatial axes: give one size per spatial axis"
+            )
+        if self.channels < 1 or any(t < 1 for t in self.tile):
+            raise InputError(f"channels and tile sizes must be positive, got {self.channels} and {self.tile}")
+        if not 0 <= self.overlap < 1:
+            raise InputError(f"tile overlap must be in [0, 1), got {self.overlap}")
+        if self.divisor < 1 or any(t % self.divisor for t in self.tile):
+            raise InputError(f"tile {self.tile} must be a multiple of the model's divisor {self.divisor}")
+
+    @property
+    def spatial_axes(self) -> str:
+        """The spatial axis letters, e.g. ``"zyx"``."""
+        return self.axes[2:]
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3 in practice)."""
+        return len(self.tile)
+
+    def batch_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Shape of a model input batch of ``batch`` tiles."""
+        return (batch, self.channels, *self.tile)
+
+    def check_sample(self, sample: np.ndarray, what: str = "image") -> None:
+        """Raise :class:`InputError` unless ``sample`` is ``(C, *spatial)`` with the right C."""
+        if sample.ndim != self.ndim + 1:
+            raise InputError(
+                f"{what} has shape {tuple(sample.shape)} but the model takes {self.ndim}D images with "
+                f"channels first ({self.axes[1:]!r}): give arrays of {self.ndim + 1} dimensions"
+            )
+        if sample.shape[0] != self.channels:
+            raise InputError(
+                f"{what} has {sample.shape[0]} channels but the model takes {self.channels}: "
+                "select or stack channels to match"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form stored in manifests."""
+        d = asdict(self)
+        d["tile"] = list(self.tile)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        """Rebuild from :meth:`to_dict` output."""
+        data = dict(data)
+        data["normalization"] = Normalization.from_dict(data.get("normalization") or {})
+        data["tile"] = tuple(data["tile"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """The model output: axes (batch first) and channels; spatial shape equals the input's."""
+
+    axes: str
+    channels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form stored in manifests."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OutputSpec:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(**data)
