@@ -91,7 +91,8 @@ class ArtifactWriter:
     def root(self) -> Path:
         """The temporary folder to write into (renamed to :attr:`path` on commit)."""
         if self._root is None:
-            raise RuntimeError("ArtifactWriter.root is only valid inside its with-block")
+            msg = "ArtifactWriter.root is only valid inside its with-block"
+            raise RuntimeError(msg)
         return self._root
 
     def __enter__(self) -> ArtifactWriter:
@@ -106,9 +107,11 @@ class ArtifactWriter:
             for f in t.files:
                 rel = f"{t.directory}/{f}" if t.directory else f
                 if rel not in files:
-                    raise ArtifactError(f"target {t.key} lists {rel!r} but no such file was written")
+                    msg = f"target {t.key} lists {rel!r} but no such file was written"
+                    raise ArtifactError(msg)
         if manifest.reference and manifest.reference not in files:
-            raise ArtifactError(f"reference model {manifest.reference!r} was not written")
+            msg = f"reference model {manifest.reference!r} was not written"
+            raise ArtifactError(msg)
         created = manifest.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._manifest = replace(manifest, created=created).with_files(files)
         (self.root / MANIFEST).write_text(self._manifest.to_json(), encoding="utf-8")
@@ -156,14 +159,17 @@ class Artifact:
 
         path = Path(path)
         if not path.is_dir():
-            raise ArtifactError(f"{str(path)!r} is not an ebai artifact folder: give the path of a .ebai folder made by ebai compress")
+            msg = f"{str(path)!r} is not an ebai artifact folder: give the path of a .ebai folder made by ebai compress"
+            raise ArtifactError(msg)
         mpath = path / MANIFEST
         if not mpath.is_file():
-            raise ArtifactError(f"{str(path)!r} has no {MANIFEST}: the artifact is incomplete, recreate it with ebai compress")
+            msg = f"{str(path)!r} has no {MANIFEST}: the artifact is incomplete, recreate it with ebai compress"
+            raise ArtifactError(msg)
         try:
             data = json.loads(mpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{MANIFEST} in {str(path)!r} is not valid JSON ({exc}): the artifact is damaged, recreate it") from exc
+            msg = f"{MANIFEST} in {str(path)!r} is not valid JSON ({exc}): the artifact is damaged, recreate it"
+            raise ArtifactError(msg) from exc
         manifest = Manifest.from_dict(data)
         art = cls(path, manifest)
         if verify:
@@ -176,20 +182,24 @@ class Artifact:
         present = set(_listed_files(self.path))
         missing = sorted(set(listed) - present)
         if missing:
-            raise ArtifactError(f"artifact {str(self.path)!r} is incomplete: {missing[0]!r} is missing; recreate it with ebai compress")
+            msg = (
+                f"artifact {str(self.path)!r} is incomplete: {missing[0]!r} is missing; recreate it with ebai compress"
+            )
+            raise ArtifactError(msg)
         extra = sorted(present - set(listed))
         if extra:
-            raise ArtifactError(f"artifact {str(self.path)!r} holds a file its manifest does not list ({extra[0]!r}): it was modified, recreate it")
+            msg = f"artifact {str(self.path)!r} holds a file its manifest does not list ({extra[0]!r}): it was modified, recreate it"
+            raise ArtifactError(msg)
         for rel, digest in listed.items():
             if sha256_file(self.path / rel) != digest:
-                raise ArtifactError(
-                    f"artifact file {rel!r} in {str(self.path)!r} does not match its sha256: it was modified or damaged, recreate the artifact"
-                )
+                msg = f"artifact file {rel!r} in {str(self.path)!r} does not match its sha256: it was modified or damaged, recreate the artifact"
+                raise ArtifactError(msg)
 
     def file(self, relative: str) -> Path:
         """Absolute path of a file listed in the manifest."""
         if relative not in self.manifest.files:
-            raise ArtifactError(f"artifact {self.manifest.name!r} has no file {relative!r}")
+            msg = f"artifact {self.manifest.name!r} has no file {relative!r}"
+            raise ArtifactError(msg)
         return self.path / relative
 
     @property
@@ -198,7 +208,7 @@ class Artifact:
         return self.path / CACHE_DIR
 
     def target(self, backend: str | None = None, precision: str | None = None) -> TargetRecord:
-        """The target for ``backend``/``precision`` (see :meth:`Manifest.target`)."""
+        """Return the target for ``backend``/``precision`` (see :meth:`Manifest.target`)."""
         return self.manifest.target(backend, precision)
 
     def load_engine(self, backend: str | None = None, precision: str | None = None, **options: Any) -> Engine:

@@ -27,7 +27,8 @@ def _broken_command(name: str, exc: BaseException) -> click.Command:
     @click.command(name=name, help=f"(unavailable: {exc})", context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def broken(args: Any) -> None:
-        raise click.ClickException(f"command {name!r} cannot be loaded: {exc}")
+        msg = f"command {name!r} cannot be loaded: {exc}"
+        raise click.ClickException(msg)
 
     return broken
 

@@ -22,7 +22,31 @@ __all__ = ["atomic_dir", "atomic_file", "check_output"]
 def check_output(path: Path, overwrite: bool, flag: str = "--overwrite") -> None:
     """Refuse an existing ``path`` unless ``overwrite``; call before any expensive work."""
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"output {str(path)!r} already exists: pass {flag} to replace it, or choose another path")
+        msg = f"output {str(path)!r} already exists: pass {flag} to replace it, or choose another path"
+        raise OutputExistsError(msg)
+
+
+def _umask() -> int:
+    """Return the process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publishable(tmp: Path, mode: int) -> None:
+    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would have.
+
+    ``mkstemp``/``mkdtemp`` create private (0600/0700) entries; without this an output shared on a
+    lab server would be unreadable by colleagues.
+    """
+    os.chmod(tmp, mode & ~_umask())
 
 
 @contextlib.contextmanager
@@ -41,6 +65,7 @@ def atomic_file(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         check_output(path, overwrite)
+        _publishable(tmp, 0o666)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -61,6 +86,7 @@ def atomic_dir(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         check_output(path, overwrite)
+        _publishable(tmp, 0o777)
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             os.rmdir(old)

@@ -111,6 +111,7 @@ class Engine(ABC):
         """Release native resources; the engine cannot be used afterwards."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run :meth:`infer`, so an engine can be passed wherever a plain callable is expected."""
         return self.infer(batch)
 
     def __enter__(self) -> Engine:

@@ -82,7 +82,7 @@ class TargetRecord:
         return f"{self.backend}:{self.precision}"
 
     def lowering(self) -> Lowering:
-        """The :class:`Lowering` a backend's ``load`` takes."""
+        """Return the :class:`Lowering` a backend's ``load`` takes."""
         return Lowering(
             backend=self.backend,
             precision=self.precision,
@@ -184,10 +184,11 @@ class Manifest:
                 return t
         have = ", ".join(t.key for t in self.targets) or "none"
         want = f"{backend or '*'}:{precision or '*'}"
-        raise ArtifactError(f"artifact {self.name!r} holds no target {want} (it holds: {have}); pick one of those")
+        msg = f"artifact {self.name!r} holds no target {want} (it holds: {have}); pick one of those"
+        raise ArtifactError(msg)
 
     def with_files(self, files: Mapping[str, str]) -> Manifest:
-        """A copy with the file hashes set."""
+        """Return a copy with the file hashes set."""
         return replace(self, files=dict(files))
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,13 +217,15 @@ class Manifest:
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         """Rebuild from :meth:`to_dict` output, refusing unknown schemas with a clear error."""
         if data.get("schema") != SCHEMA:
-            raise ArtifactError(f"manifest schema is {data.get('schema')!r}, not {SCHEMA!r}: this is not an ebai artifact")
+            msg = f"manifest schema is {data.get('schema')!r}, not {SCHEMA!r}: this is not an ebai artifact"
+            raise ArtifactError(msg)
         version = data.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-            raise ArtifactError(
+            msg = (
                 f"artifact schema version {version!r} is not supported by this ebai-core "
                 f"(reads up to {SCHEMA_VERSION}): upgrade with pip install -U ebai-core"
             )
+            raise ArtifactError(msg)
         try:
             return cls(
                 name=data["name"],
@@ -239,4 +242,5 @@ class Manifest:
                 schema_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"manifest is malformed ({exc}): the artifact is damaged, recreate it") from exc
+            msg = f"manifest is malformed ({exc}): the artifact is damaged, recreate it"
+            raise ArtifactError(msg) from exc

@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -94,7 +94,7 @@ class PluginSpec:
         return self.install or f"pip install {self.package}"
 
     def missing(self) -> list[str]:
-        """Required modules that cannot be found (checked without importing them)."""
+        """List required modules that cannot be found (checked without importing them)."""
         out = []
         for mod in self.requires:
             try:
@@ -127,14 +127,15 @@ class PluginSpec:
         except ImportError as exc:
             if isinstance(exc, MissingDependencyError):
                 raise
-            raise MissingDependencyError(f"{self.name!r} cannot be imported ({exc}): {self.install_line}") from exc
+            msg = f"{self.name!r} cannot be imported ({exc}): {self.install_line}"
+            raise MissingDependencyError(msg) from exc
         obj: Any = module
         for part in attr.split(".") if attr else ():
             obj = getattr(obj, part)
         return obj
 
 
-@lru_cache(maxsize=None)
+@cache
 def _entry_points(group: str) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=group)}
 
@@ -151,49 +152,55 @@ def plugin_names(group: str) -> list[str]:
 
 
 def entry_point(group: str, name: str) -> EntryPoint:
-    """The entry point ``name`` of ``group``, or a :class:`PluginNotFoundError` with the fix."""
+    """Return the entry point ``name`` of ``group``, or raise a :class:`PluginNotFoundError` with the fix."""
     eps = _entry_points(group)
     if name not in eps:
         kind = _KIND.get(group, "plugin")
         home = _KNOWN_HOMES.get((group, name))
         if home:
-            raise PluginNotFoundError(f"{kind} {name!r} is not installed: pip install {home}")
+            msg = f"{kind} {name!r} is not installed: pip install {home}"
+            raise PluginNotFoundError(msg)
         known = ", ".join(sorted(eps)) or "none"
-        raise PluginNotFoundError(f"unknown {kind} {name!r}: installed {kind}s are {known}")
+        msg = f"unknown {kind} {name!r}: installed {kind}s are {known}"
+        raise PluginNotFoundError(msg)
     return eps[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_spec(group: str, name: str) -> PluginSpec:
     ep = entry_point(group, name)
     try:
         spec = ep.load()
     except Exception as exc:
         dist = ep.dist.name if ep.dist else "its package"
-        raise PluginNotFoundError(f"{_KIND.get(group, 'plugin')} {name!r} is broken ({exc}): reinstall {dist}") from exc
+        msg = f"{_KIND.get(group, 'plugin')} {name!r} is broken ({exc}): reinstall {dist}"
+        raise PluginNotFoundError(msg) from exc
     if not isinstance(spec, PluginSpec):
-        raise PluginNotFoundError(f"entry point {name!r} in {group} does not name a PluginSpec: report this to its package")
+        msg = f"entry point {name!r} in {group} does not name a PluginSpec: report this to its package"
+        raise PluginNotFoundError(msg)
     return spec
 
 
 def get_plugin(group: str, name: str) -> PluginSpec:
-    """The :class:`PluginSpec` registered as ``name`` in ``group`` (only it is imported)."""
+    """Return the :class:`PluginSpec` registered as ``name`` in ``group`` (only it is imported)."""
     return _load_spec(group, name)
 
 
 def get_backend(name: str) -> Any:
-    """An instance of the backend ``name``, refusing with the reason when it cannot run here."""
+    """Return an instance of the backend ``name``, refusing with the reason when it cannot run here."""
     spec = get_plugin(BACKENDS, name)
     avail = spec.is_available()
     if not avail:
-        raise BackendUnavailableError(f"backend {name!r} is not available: {avail.reason}")
+        msg = f"backend {name!r} is not available: {avail.reason}"
+        raise BackendUnavailableError(msg)
     return spec.load()()
 
 
 def get_adapter(name: str) -> Any:
-    """The adapter class registered as ``name``, with an install hint when its tool is missing."""
+    """Return the adapter class registered as ``name``, with an install hint when its tool is missing."""
     spec = get_plugin(ADAPTERS, name)
     avail = spec.is_available()
     if not avail:
-        raise MissingDependencyError(f"adapter {name!r} needs: {spec.install_line}")
+        msg = f"adapter {name!r} needs: {spec.install_line}"
+        raise MissingDependencyError(msg)
     return spec.load()

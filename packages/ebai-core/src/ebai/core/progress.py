@@ -23,8 +23,12 @@ def _enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", **kwargs: Any) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", **kwargs: Any
+) -> Iterator[T]:
     """Wrap ``iterable`` in a progress bar labelled ``desc``."""
     from tqdm.auto import tqdm
 
-    yield from tqdm(iterable, desc=desc, total=total, unit=unit, disable=not _enabled(), file=sys.stderr, leave=False, **kwargs)
+    yield from tqdm(
+        iterable, desc=desc, total=total, unit=unit, disable=not _enabled(), file=sys.stderr, leave=False, **kwargs
+    )

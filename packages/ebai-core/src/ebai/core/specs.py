@@ -34,13 +34,11 @@ class Normalization:
 
     def __post_init__(self) -> None:
         if self.kind not in _NORMALIZATIONS:
-            raise InputError(
-                f"unknown normalisation {self.kind!r}: use one of {', '.join(_NORMALIZATIONS)}"
-            )
+            msg = f"unknown normalisation {self.kind!r}: use one of {', '.join(_NORMALIZATIONS)}"
+            raise InputError(msg)
         if self.kind == "percentile" and not 0 <= self.low < self.high <= 100:
-            raise InputError(
-                f"percentile normalisation needs 0 <= low < high <= 100, got {self.low} and {self.high}"
-            )
+            msg = f"percentile normalisation needs 0 <= low < high <= 100, got {self.low} and {self.high}"
+            raise InputError(msg)
 
     def apply(self, sample: np.ndarray) -> np.ndarray:
         """Normalise one sample with channels first (``C, *spatial``); returns float32."""
@@ -105,21 +103,26 @@ class InputSpec:
         object.__setattr__(self, "tile", tuple(int(t) for t in self.tile))
         spatial = self.axes[2:]
         if self.axes[:2] != "bc" or not spatial or any(a not in _SPATIAL for a in spatial):
-            raise InputError(
+            msg = (
                 f"input axes {self.axes!r} are not understood: write batch, channel, then spatial "
                 "axes, e.g. 'bczyx' for 3D or 'bcyx' for 2D"
             )
+            raise InputError(msg)
         if len(self.tile) != len(spatial):
-            raise InputError(
+            msg = (
                 f"tile {self.tile} has {len(self.tile)} sizes but axes {self.axes!r} have "
                 f"{len(spatial)} spatial axes: give one size per spatial axis"
             )
+            raise InputError(msg)
         if self.channels < 1 or any(t < 1 for t in self.tile):
-            raise InputError(f"channels and tile sizes must be positive, got {self.channels} and {self.tile}")
+            msg = f"channels and tile sizes must be positive, got {self.channels} and {self.tile}"
+            raise InputError(msg)
         if not 0 <= self.overlap < 1:
-            raise InputError(f"tile overlap must be in [0, 1), got {self.overlap}")
+            msg = f"tile overlap must be in [0, 1), got {self.overlap}"
+            raise InputError(msg)
         if self.divisor < 1 or any(t % self.divisor for t in self.tile):
-            raise InputError(f"tile {self.tile} must be a multiple of the model's divisor {self.divisor}")
+            msg = f"tile {self.tile} must be a multiple of the model's divisor {self.divisor}"
+            raise InputError(msg)
 
     @property
     def spatial_axes(self) -> str:
@@ -138,15 +141,17 @@ class InputSpec:
     def check_sample(self, sample: np.ndarray, what: str = "image") -> None:
         """Raise :class:`InputError` unless ``sample`` is ``(C, *spatial)`` with the right C."""
         if sample.ndim != self.ndim + 1:
-            raise InputError(
+            msg = (
                 f"{what} has shape {tuple(sample.shape)} but the model takes {self.ndim}D images with "
                 f"channels first ({self.axes[1:]!r}): give arrays of {self.ndim + 1} dimensions"
             )
+            raise InputError(msg)
         if sample.shape[0] != self.channels:
-            raise InputError(
+            msg = (
                 f"{what} has {sample.shape[0]} channels but the model takes {self.channels}: "
                 "select or stack channels to match"
             )
+            raise InputError(msg)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form stored in manifests."""

@@ -1,0 +1,212 @@
+"""Reading and writing the user's images: TIFF, PNG and NPY, channels put first for the model.
+
+TIFF (the microscopy format) is read and written with tifffile; NumPy ``.npy`` files with numpy;
+PNG with Pillow when it is installed (it is not a dependency of ebai-core: no light library reads
+PNG without it, and most PNG users already have it). Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.files import atomic_file
+from ebai.core.specs import InputSpec
+
+__all__ = ["IMAGE_SUFFIXES", "list_images", "read_image", "to_sample", "write_tiff"]
+
+#: File suffixes :func:`list_images` collects and :func:`read_image` reads.
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    """Expand files, folders and glob patterns into the image files they name.
+
+    Parameters
+    ----------
+    inputs
+        Image files, folders (their images, not sub-folders) and glob patterns
+        (``"data/**/*.tif"``; ``**`` searches sub-folders).
+
+    Returns
+    -------
+    list of pathlib.Path
+        Images with a suffix in :data:`IMAGE_SUFFIXES`, each once, in a stable order: inputs in the
+        order given, the images of one folder or pattern sorted by name.
+
+    Raises
+    ------
+    InputError
+        When a path does not exist, a file is not an image ebai reads, or nothing is found.
+    """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if _is_image(p)))
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                msg = f"{str(path)!r} is not an image ebai reads: give {', '.join(IMAGE_SUFFIXES)} files"
+                raise InputError(msg)
+            found.append(path)
+        elif _GLOB_CHARS & set(str(item)):
+            found.extend(sorted(Path(p) for p in glob.glob(str(item), recursive=True) if _is_image(Path(p))))
+        else:
+            msg = f"{str(path)!r} does not exist: give image files, folders or glob patterns"
+            raise InputError(msg)
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        shown = ", ".join(repr(str(i)) for i in inputs) or "no inputs"
+        msg = f"no images found in {shown}: ebai reads {', '.join(IMAGE_SUFFIXES)} files"
+        raise InputError(msg)
+    return unique
+
+
+def _read_png(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        msg = "pip install pillow"
+        raise MissingDependencyError(msg) from exc
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one image file as a numpy array, axes as stored.
+
+    TIFF through ``tifffile.imread`` (multi-page stacks give a leading axis), PNG through Pillow
+    (RGB(A) gives a trailing channel axis), NPY through ``numpy.load`` without pickles.
+
+    Raises
+    ------
+    InputError
+        When the suffix is not one ebai reads.
+    MissingDependencyError
+        When reading a PNG without Pillow installed.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".png":
+        return _read_png(path)
+    msg = f"{str(path)!r} is not an image ebai reads: give {', '.join(IMAGE_SUFFIXES)} files"
+    raise InputError(msg)
+
+
+def to_sample(array: np.ndarray, spec: InputSpec, what: str = "image") -> np.ndarray:
+    """Bring an image read from disk to the model's ``(C, *spatial)`` float32 layout.
+
+    Axes of length 1 beyond the model's dimensions are dropped; an image without a channel axis
+    gets one when the model takes one channel; a channel axis is recognised first, last, or second
+    (ImageJ's ``ZCYX``), by its length equal to ``spec.channels``.
+
+    Parameters
+    ----------
+    array
+        The image as read (e.g. ``YX``, ``YXC``, ``ZYX``, ``CZYX``, ``ZCYX``).
+    spec
+        The model input the sample is for.
+    what
+        Name of the image in error messages (e.g. its file name).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(spec.channels, *spatial)`` float32.
+
+    Raises
+    ------
+    InputError
+        When the dimensions or the channel count do not fit the model.
+    """
+    x = np.asarray(array)
+    ndim = spec.ndim
+    while x.ndim > ndim + 1 and 1 in x.shape:
+        x = np.squeeze(x, axis=x.shape.index(1))
+    if x.ndim == ndim:
+        if spec.channels != 1:
+            msg = (
+                f"{what} has shape {tuple(array.shape)} with no channel axis but the model takes "
+                f"{spec.channels} channels: give images with a channel axis of {spec.channels}"
+            )
+            raise InputError(msg)
+        x = x[np.newaxis]
+    elif x.ndim == ndim + 1:
+        candidates = [0, x.ndim - 1] + ([1] if x.ndim == 4 else [])
+        axis = next((a for a in candidates if x.shape[a] == spec.channels), None)
+        if axis is None:
+            msg = (
+                f"{what} has shape {tuple(array.shape)} but the model takes {ndim}D images with "
+                f"{spec.channels} channel(s): no axis (first, last or ZCYX) has {spec.channels} entries"
+            )
+            raise InputError(msg)
+        x = np.moveaxis(x, axis, 0)
+    else:
+        msg = (
+            f"{what} has shape {tuple(array.shape)} ({x.ndim} dimensions after dropping axes of length 1) "
+            f"but the model takes {ndim}D images ({spec.spatial_axes!r}) with {spec.channels} channel(s)"
+        )
+        raise InputError(msg)
+    sample = np.ascontiguousarray(x, dtype=np.float32)
+    spec.check_sample(sample, what)
+    return sample
+
+
+def write_tiff(
+    path: str | Path,
+    array: np.ndarray,
+    *,
+    overwrite: bool = False,
+    axes: str | None = None,
+    compression: str | None = None,
+) -> Path:
+    """Write ``array`` to a TIFF file atomically (complete or absent, never half-written).
+
+    Parameters
+    ----------
+    path
+        Destination; its folder is created.
+    array
+        The image; dtype kept. Files over 4 GB are written as BigTIFF.
+    overwrite
+        Replace an existing file; otherwise an existing ``path`` raises
+        :class:`~ebai.core.errors.OutputExistsError` before anything is written.
+    axes
+        Axis letters stored in the file's metadata (e.g. ``"CZYX"``), for viewers such as napari.
+    compression
+        tifffile compression name (e.g. ``"zlib"``); ``None`` writes uncompressed.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    import tifffile
+
+    path = Path(path)
+    array = np.asarray(array)
+    if axes is not None and len(axes) != array.ndim:
+        msg = f"axes {axes!r} name {len(axes)} axes but the array has shape {tuple(array.shape)}"
+        raise InputError(msg)
+    with atomic_file(path, overwrite) as tmp:
+        tifffile.imwrite(
+            tmp, array, metadata={"axes": axes} if axes else {}, compression=compression, photometric="minisblack"
+        )
+    return path

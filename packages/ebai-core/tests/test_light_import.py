@@ -1,0 +1,38 @@
+"""Importing ebai.core stays light: no deep-learning runtime, no codecarbon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = (
+    "torch",
+    "openvino",
+    "tensorrt",
+    "codecarbon",
+    "onnx",
+    "onnxruntime",
+    "nncf",
+    "scipy",
+    "skimage",
+    "pandas",
+    "PIL",
+    "tifffile",
+    "tqdm",
+)
+
+CODE = f"""
+import json, sys
+import ebai.core
+import ebai.core.tiling, ebai.core.metrics, ebai.core.latency, ebai.core.energy
+import ebai.core.imageio, ebai.core.data, ebai.core.hardware, ebai.core.cli, ebai.core.commands.info
+from ebai.core import predict_tiled, pearson, measure_energy, measure_latency, ImageFiles
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})))
+"""
+
+
+def test_import_pulls_no_heavy_module() -> None:
+    proc = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
