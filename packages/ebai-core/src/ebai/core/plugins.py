@@ -79,6 +79,9 @@ class PluginSpec:
     probe
         Optional check run by :meth:`is_available` after ``requires`` (a GPU, a driver);
         returns ``None`` when fine, else the reason.
+    details
+        Optional one-line description of what the plugin found (library version, GPU, driver),
+        shown by ``ebai info``; must be cheap and must not import the implementation.
     """
 
     name: str
@@ -87,6 +90,7 @@ class PluginSpec:
     requires: tuple[str, ...] = ()
     install: str = ""
     probe: Callable[[], str | None] | None = None
+    details: Callable[[], str] | None = None
 
     @property
     def install_line(self) -> str:

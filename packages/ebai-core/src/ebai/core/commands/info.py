@@ -22,7 +22,18 @@ def _plugins(group: str) -> list[dict[str, str | bool]]:
             rows.append({"name": name, "package": "?", "available": False, "reason": str(exc)})
             continue
         avail = spec.is_available()
-        rows.append({"name": name, "package": spec.package, "available": avail.ok, "reason": avail.reason})
+        row: dict[str, str | bool] = {
+            "name": name,
+            "package": spec.package,
+            "available": avail.ok,
+            "reason": avail.reason,
+        }
+        if spec.details is not None:
+            try:
+                row["details"] = spec.details()
+            except Exception as exc:  # details are informative only
+                row["details"] = f"details unavailable: {exc}"
+        rows.append(row)
     return rows
 
 
@@ -64,6 +75,8 @@ def info(as_json: bool) -> None:
             click.echo(f"  none installed ({hint})")
         for row in rows:  # type: ignore[union-attr]
             state = "available" if row["available"] else f"unavailable: {row['reason']}"
+            if row["available"] and row.get("details"):
+                state += f" ({row['details']})"
             click.echo(f"  {row['name']:<12} {row['package']:<26} {state}")
     cpu = data["cpu"]
     feats = ", ".join(cpu["features"]) or "none of AVX2/AVX-512/VNNI/AMX"  # type: ignore[index]
