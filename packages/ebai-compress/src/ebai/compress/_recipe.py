@@ -1,0 +1,408 @@
+"""The compression recipe: what to prune, how to fine-tune, what to lower to and how to check it.
+
+A recipe is a frozen dataclass tree that can be written by hand in YAML or TOML, so a lab can keep
+the settings that worked for a model next to its weights. Every key is checked when the file is
+read; a misspelt key is refused with its dotted name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ebai.core.errors import InputError
+from ebai.core.interfaces import PRECISIONS
+
+__all__ = [
+    "CalibrationSettings",
+    "ExportSettings",
+    "FidelitySettings",
+    "FineTuneSettings",
+    "PruneSettings",
+    "Recipe",
+]
+
+#: Pruning importance criteria (Torch-Pruning importances) a recipe may name, plus "none".
+PRUNE_METHODS = ("l1", "l2", "fpgm", "none")
+#: Built-in fine-tuning methods; any other string is read as a "module:function" callback.
+FINE_TUNE_METHODS = ("distill", "none")
+LOSSES = ("mse", "l1")
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+def _fail(msg: str) -> None:
+    raise InputError(msg)
+
+
+def check_ratio(ratio: float, what: str = "pruning ratio") -> float:
+    """Return ``ratio`` as a float, refusing anything outside the open interval (0, 1)."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        _fail(
+            f"{what} {ratio!r} is outside (0, 1): give the fraction of channels to remove, e.g. 0.5 for half "
+            "(use method 'none' to skip pruning)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """Structured channel pruning with Torch-Pruning (DepGraph).
+
+    Attributes
+    ----------
+    method
+        Channel importance: ``"l1"`` or ``"l2"`` (weight magnitude), ``"fpgm"`` (distance to the
+        geometric median of a layer's filters), or ``"none"`` to keep the network as it is.
+    ratio
+        Fraction of channels removed, in (0, 1). Removing half the channels of every layer cuts
+        MACs about 4x, since each convolution loses both input and output channels.
+    global_pruning
+        Rank channels across all layers instead of removing ``ratio`` from each layer (each layer
+        still keeps at least 10% of its channels).
+    layer_ratios
+        Per-layer ratios overriding ``ratio``, keyed by module name or glob (``"encoder.*"``).
+    keep
+        Module names or globs never pruned, in addition to the output layer(s), which are always
+        kept so the output has the original channels.
+    round_to
+        Remaining channel counts are multiples of this (8 suits int8 kernels); 1 disables rounding.
+    """
+
+    method: str = "l1"
+    ratio: float = 0.5
+    global_pruning: bool = False
+    layer_ratios: Mapping[str, float] = field(default_factory=dict)
+    keep: tuple[str, ...] = ()
+    round_to: int = 8
+
+    def __post_init__(self) -> None:
+        method = str(self.method).lower()
+        if method not in PRUNE_METHODS:
+            _fail(f"unknown pruning method {self.method!r}: use one of {', '.join(PRUNE_METHODS)}")
+        object.__setattr__(self, "method", method)
+        if method != "none":
+            object.__setattr__(self, "ratio", check_ratio(self.ratio))
+        ratios = {str(k): check_ratio(v, f"pruning ratio of layer {k!r}") for k, v in dict(self.layer_ratios).items()}
+        object.__setattr__(self, "layer_ratios", ratios)
+        keep = (self.keep,) if isinstance(self.keep, str) else tuple(str(k) for k in self.keep)
+        object.__setattr__(self, "keep", keep)
+        if int(self.round_to) < 1:
+            _fail(f"prune.round_to must be a positive channel multiple, got {self.round_to}: use 8, or 1 for no rounding")
+        object.__setattr__(self, "round_to", int(self.round_to))
+        object.__setattr__(self, "global_pruning", bool(self.global_pruning))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any pruning is asked for."""
+        return self.method != "none"
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """Recovery of the pruned network's accuracy.
+
+    Attributes
+    ----------
+    method
+        ``"distill"``: label-free distillation from the original network (the teacher) on random
+        crops of the user's images; ``"none"``; a callable ``fine_tune(model, data) -> model``
+        (Python only) or its ``"package.module:function"`` / ``"file.py:function"`` reference.
+        ``data`` is the list of preprocessed training images ``(C, *spatial)`` float32 arrays.
+    steps
+        Optimiser steps at most (the budget); 0 skips fine-tuning.
+    lr
+        Adam learning rate.
+    loss
+        ``"mse"`` or ``"l1"`` between student and teacher outputs, divided by the teacher's
+        output variance (or spread) so the learning rate does not depend on the output scale.
+    batch_size
+        Crops per step.
+    eval_every
+        Steps between checks on a fixed set of validation crops.
+    patience
+        Checks without improvement before stopping early (the best weights are kept).
+    """
+
+    method: str | Callable[..., Any] = "distill"
+    steps: int = 200
+    lr: float = 1e-3
+    loss: str = "mse"
+    batch_size: int = 2
+    eval_every: int = 20
+    patience: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.method, str):
+            method = self.method.strip()
+            if method.lower() in FINE_TUNE_METHODS:
+                method = method.lower()
+            elif ":" not in method:
+                _fail(
+                    f"unknown fine-tuning method {self.method!r}: use distill, none, or a 'package.module:function' "
+                    "callback"
+                )
+            object.__setattr__(self, "method", method)
+        elif not callable(self.method):
+            _fail(f"fine_tune.method must be a name or a callable, got {type(self.method).__name__}")
+        if str(self.loss).lower() not in LOSSES:
+            _fail(f"unknown distillation loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        object.__setattr__(self, "loss", str(self.loss).lower())
+        for name in ("steps", "batch_size", "eval_every", "patience"):
+            value = int(getattr(self, name))
+            if value < (0 if name == "steps" else 1):
+                _fail(f"fine_tune.{name} must be {'>= 0' if name == 'steps' else 'positive'}, got {getattr(self, name)}")
+            object.__setattr__(self, name, value)
+        if not float(self.lr) > 0:
+            _fail(f"fine_tune.lr must be positive, got {self.lr}")
+        object.__setattr__(self, "lr", float(self.lr))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any fine-tuning is asked for."""
+        return self.method != "none" and (self.steps > 0 or callable(self.method) or self.method not in FINE_TUNE_METHODS)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """ONNX export of the (pruned) network.
+
+    Attributes
+    ----------
+    opset
+        ONNX opset, at least 17.
+    exporter
+        ``"auto"`` (torch.export-based exporter for modules, the TorchScript exporter for
+        TorchScript files), ``"dynamo"`` or ``"torchscript"``.
+    """
+
+    opset: int = 18
+    exporter: str = "auto"
+
+    def __post_init__(self) -> None:
+        if int(self.opset) < 17:
+            _fail(f"export.opset {self.opset} is too old: use 17 or newer")
+        object.__setattr__(self, "opset", int(self.opset))
+        if str(self.exporter).lower() not in EXPORTERS:
+            _fail(f"unknown exporter {self.exporter!r}: use one of {', '.join(EXPORTERS)}")
+        object.__setattr__(self, "exporter", str(self.exporter).lower())
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Samples a backend calibrates int8 on.
+
+    Attributes
+    ----------
+    samples
+        Tiles cropped from the training images (never from the held-out ones).
+    """
+
+    samples: int = 32
+
+    def __post_init__(self) -> None:
+        if int(self.samples) < 1:
+            _fail(f"calibration.samples must be at least 1, got {self.samples}")
+        object.__setattr__(self, "samples", int(self.samples))
+
+
+@dataclass(frozen=True)
+class FidelitySettings:
+    """The accuracy guard.
+
+    Attributes
+    ----------
+    metric
+        What decides: ``"pearson"``, ``"ssim"``, or a task metric the adapter's ``evaluate``
+        returns (e.g. ``"ap50"``). Higher is better.
+    threshold
+        Lowest acceptable value of ``metric`` for a target against the original network.
+    held_out
+        Images kept aside for the guard: never used for calibration or fine-tuning.
+    tiles
+        Held-out tiles measured (cropped from the held-out images in turn).
+    """
+
+    metric: str = "pearson"
+    threshold: float = 0.95
+    held_out: int = 2
+    tiles: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metric", str(self.metric))
+        object.__setattr__(self, "threshold", float(self.threshold))
+        for name in ("held_out", "tiles"):
+            if int(getattr(self, name)) < 1:
+                _fail(f"fidelity.{name} must be at least 1, got {getattr(self, name)}")
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+
+_SECTIONS: dict[str, type] = {
+    "prune": PruneSettings,
+    "fine_tune": FineTuneSettings,
+    "export": ExportSettings,
+    "calibration": CalibrationSettings,
+    "fidelity": FidelitySettings,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything :func:`ebai.compress.compress` does to a model, in one frozen record.
+
+    Build it in Python (``Recipe(prune=PruneSettings(method="fpgm"))``), from a mapping
+    (:meth:`from_dict`) or from a YAML/TOML file (:meth:`from_file`); :meth:`to_dict` gives the
+    same layout back. Top-level keys: ``prune``, ``fine_tune``, ``export``, ``calibration``,
+    ``fidelity`` (sections, see their classes), ``targets``, ``precision``, ``seed``.
+
+    Attributes
+    ----------
+    targets
+        Backend names to lower to (``"openvino"``, ``"tensorrt"``), each stored in the artifact.
+    precision
+        ``"fp32"``, ``"fp16"`` or ``"int8"`` for every target, or a mapping target -> precision.
+    seed
+        Seed of every random choice (held-out split, crops, distillation), for repeatable runs.
+    """
+
+    prune: PruneSettings = field(default_factory=PruneSettings)
+    fine_tune: FineTuneSettings = field(default_factory=FineTuneSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
+    targets: tuple[str, ...] = ("openvino",)
+    precision: str | Mapping[str, str] = "fp32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, _build(cls, value, name))
+            elif not isinstance(value, cls):
+                _fail(f"recipe section {name!r} must be a mapping, got {type(value).__name__}")
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(str(t) for t in self.targets)
+        if not targets:
+            _fail("the recipe names no target: give at least one, e.g. targets: [openvino]")
+        if len(set(targets)) != len(targets):
+            _fail(f"targets {list(targets)} name a backend twice: list each once")
+        object.__setattr__(self, "targets", targets)
+        if isinstance(self.precision, Mapping):
+            precision: str | dict[str, str] = {str(k): str(v).lower() for k, v in self.precision.items()}
+            values = list(precision.values())
+            for name in precision:
+                if name not in targets:
+                    _fail(f"precision is given for {name!r}, which is not a target ({', '.join(targets)}): add it to targets")
+        else:
+            precision = str(self.precision).lower()
+            values = [precision]
+        for value in values:
+            if value not in PRECISIONS:
+                _fail(f"unknown precision {value!r}: use one of {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "precision", precision)
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def precision_for(self, target: str) -> str:
+        """Return the precision asked for ``target`` (``fp32`` when a per-target mapping leaves it out)."""
+        if isinstance(self.precision, Mapping):
+            return self.precision.get(target, "fp32")
+        return self.precision
+
+    # ------------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "recipe") -> Recipe:
+        """Build a recipe from nested mappings, refusing unknown keys by their dotted name."""
+        if not isinstance(data, Mapping):
+            _fail(f"{source} must be a mapping of settings, got {type(data).__name__}")
+        return _build(cls, data, "", source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Recipe:
+        """Read a recipe from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file."""
+        path = Path(path)
+        if not path.is_file():
+            _fail(f"recipe file {str(path)!r} does not exist: give the path of a YAML or TOML file")
+        text = path.read_text(encoding="utf-8")
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".toml":
+                try:
+                    import tomllib
+                except ModuleNotFoundError:  # Python 3.10
+                    import tomli as tomllib
+                data = tomllib.loads(text)
+            elif suffix == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+        except Exception as exc:  # each parser raises its own error class
+            msg = f"recipe file {str(path)!r} cannot be parsed ({type(exc).__name__}: {exc}): fix its syntax"
+            raise InputError(msg) from exc
+        return cls.from_dict(data, source=f"recipe file {str(path)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain-data form, as :meth:`from_dict` reads it (a callable method is kept as is)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                out[f.name] = {g.name: _plain(getattr(value, g.name)) for g in dataclasses.fields(value)}
+            else:
+                out[f.name] = _plain(value)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready form for manifests and logs (a callable is named by its qualified name)."""
+        return json.loads(json.dumps(self.to_dict(), default=_callable_name))
+
+    def updated(self, changes: Mapping[str, Any]) -> Recipe:
+        """Return a copy with ``changes`` (nested mappings, as in a file) merged over this recipe."""
+        return Recipe.from_dict(_merge(self.to_dict(), changes), source="recipe options")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+def _callable_name(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key in _SECTIONS:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str = "recipe") -> Any:
+    if not isinstance(data, Mapping):
+        _fail(f"{source}: section {prefix!r} must be a mapping of settings, got {type(data).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            section = f"[{prefix}]" if prefix else "the top level"
+            _fail(f"{source}: unknown key {where!r}; known keys in {section} are {', '.join(known)}")
+    kwargs = dict(data)
+    if cls is Recipe:
+        for name, sub in _SECTIONS.items():
+            if name in kwargs:
+                kwargs[name] = _build(sub, kwargs[name] or {}, name, source)
+    return cls(**kwargs)

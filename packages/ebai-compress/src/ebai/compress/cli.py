@@ -1,0 +1,196 @@
+"""``ebai compress``: the command-line face of :func:`ebai.compress.compress`.
+
+The model comes from a Python factory (``file.py:build`` or ``package.module:build``) plus a state
+dict, from a TorchScript file, or from an installed adapter (``--adapter cellpose``); loading goes
+through ``ebai.adapters`` so files are read the same way everywhere. Options given here override
+the recipe file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ebai.core.errors import InputError
+
+__all__ = ["compress", "parse_prune", "summary"]
+
+_NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
+
+
+def parse_prune(value: str) -> dict[str, Any]:
+    """Read ``--prune``: ``METHOD:RATIO`` (``l1:0.5``), ``METHOD`` alone, or ``none``."""
+    method, sep, ratio = value.strip().partition(":")
+    out: dict[str, Any] = {"method": method.strip().lower()}
+    if sep:
+        try:
+            out["ratio"] = float(ratio)
+        except ValueError:
+            msg = f"--prune {value!r} is not understood: write METHOD:RATIO, e.g. l1:0.5"
+            raise InputError(msg) from None
+    return out
+
+
+def _model_source(
+    model: str | None,
+    weights: str | None,
+    trust_pickle: bool,
+    adapter: str | None,
+    adapter_config: str | None,
+    spec_options: Mapping[str, Any],
+) -> Any:
+    given = {k: v for k, v in spec_options.items() if v is not None}
+    if adapter:
+        from ebai.core.plugins import get_adapter
+
+        if model or weights:
+            msg = "give either a MODEL (with --weights) or --adapter, not both: the adapter config names its own model"
+            raise InputError(msg)
+        cls = get_adapter(adapter)
+        if adapter_config and not given and hasattr(cls, "from_file"):
+            return cls.from_file(adapter_config)
+        config: dict[str, Any] = {}
+        if adapter_config:
+            import yaml
+
+            loaded = yaml.safe_load(Path(adapter_config).read_text(encoding="utf-8")) or {}
+            if not isinstance(loaded, Mapping):
+                msg = f"adapter config {adapter_config!r} is not a mapping of settings: write key: value lines"
+                raise InputError(msg)
+            config.update(loaded)
+            config.pop("adapter", None)
+        config.update(given)
+        return cls.from_config(config)
+    if adapter_config:
+        msg = "--adapter-config needs --adapter NAME: say which adapter reads it"
+        raise InputError(msg)
+    if not model:
+        msg = "no model given: pass MODEL (file.py:factory, package.module:factory or a TorchScript file) or --adapter NAME"
+        raise InputError(msg)
+    missing = [f"--{k}" for k in ("axes", "channels", "tile") if k not in given]
+    if missing:
+        msg = f"a model given as {model!r} needs {', '.join(missing)} to know its input (e.g. --axes bczyx --channels 1 --tile 32,64,64)"
+        raise InputError(msg)
+    from ebai.adapters import TorchAdapter
+
+    return TorchAdapter(model, weights=weights, trust_pickle=trust_pickle, **given)
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def summary(manifest: Any, path: Path) -> str:
+    """Format the table printed after a compression: sizes before/after and fidelity per target."""
+    lines = [f"artifact  {path}"]
+    pruning = manifest.pruning
+    if pruning:
+        lines.append(f"{'':14}{'before':>12}{'after':>12}{'ratio':>9}")
+        for label, key in (("parameters", "params"), ("MACs", "macs")):
+            before, after = pruning[f"{key}_before"], pruning[f"{key}_after"]
+            lines.append(f"{label:14}{_fmt(before):>12}{_fmt(after):>12}{before / max(after, 1):>8.2f}x")
+        ref = pruning.get("fidelity") or {}
+        if ref:
+            lines.append(f"pruned fp32 vs original: pearson {ref['pearson']:.4f}, max error {ref['max_abs_error']:.3g}")
+    else:
+        lines.append("pruning: none")
+    tuning = manifest.fine_tuning
+    if tuning and tuning.get("method") == "distill":
+        lines.append(
+            f"distillation: {tuning['steps']} steps, pearson {tuning['pearson_before']:.4f} -> {tuning['pearson_after']:.4f}"
+            + (" (stopped early)" if tuning.get("stopped_early") else "")
+        )
+    elif tuning:
+        lines.append(f"fine-tuning: {tuning.get('callback', tuning.get('method'))}")
+    lines.append(f"{'target':18}{'pearson':>9}{'max err':>10}{'criterion':>24}{'passed':>8}")
+    for t in manifest.targets:
+        f = t.fidelity
+        if f is None:
+            continue
+        value = f.pearson if f.metric == "pearson" else f.metrics.get(f.metric, float("nan"))
+        criterion = f"{f.metric} {value:.4f} >= {f.threshold:g}"
+        lines.append(f"{t.key:18}{f.pearson:>9.4f}{f.max_abs_error:>10.3g}{criterion:>24}{'yes' if f.passed else 'no':>8}")
+    return "\n".join(lines)
+
+
+@click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", required=False)
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict for a factory model (read with weights_only=True).")
+@click.option("--trust-pickle", is_flag=True, help="Allow a whole pickled model file (this runs code from the file).")
+@click.option("--adapter", help="Installed adapter to load the model with (e.g. cellpose, monai).")
+@click.option("--adapter-config", type=click.Path(dir_okay=False), help="YAML settings of the adapter.")
+@click.option("--axes", help="Model input axes, batch and channel first (bczyx, bcyx).")
+@click.option("--channels", type=int, help="Input channels of the model.")
+@click.option("--tile", help="Spatial tile, e.g. 32,64,64.")
+@click.option("--normalize", "normalization", type=click.Choice(_NORMALIZATIONS), help="Intensity normalisation of each image.")
+@click.option("--divisor", type=int, help="Spatial sizes the model takes must be multiples of this.")
+@click.option("--data", "-d", "data", multiple=True, required=True, help="Image folder, file or glob (TIFF/PNG/NPY); repeatable.")
+@click.option("--prune", "prune_spec", help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5; 'none' to skip.")
+@click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")
+@click.option("--fp16", "precision", flag_value="fp16", help="Lower every target to fp16.")
+@click.option("--fp32", "precision", flag_value="fp32", help="Lower every target to fp32.")
+@click.option("--target", "-t", "targets", multiple=True, help="Backend to lower to (openvino, tensorrt); repeatable.")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe file (YAML or TOML); options here override it.")
+@click.option("--steps", type=int, help="Distillation step budget (0: no fine-tuning).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Artifact folder to write (name.ebai).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
+def compress(
+    model: str | None,
+    weights: str | None,
+    trust_pickle: bool,
+    adapter: str | None,
+    adapter_config: str | None,
+    axes: str | None,
+    channels: int | None,
+    tile: str | None,
+    normalization: str | None,
+    divisor: int | None,
+    data: tuple[str, ...],
+    prune_spec: str | None,
+    precision: str | None,
+    targets: tuple[str, ...],
+    recipe: str | None,
+    steps: int | None,
+    output: str,
+    overwrite: bool,
+) -> None:
+    """Prune, fine-tune, lower and verify MODEL on your images; write one artifact.
+
+    MODEL is file.py:factory or package.module:factory (with --weights), or a TorchScript file;
+    or use --adapter NAME --adapter-config FILE.
+    """
+    from ebai.compress._pipeline import compress as run_compress
+    from ebai.compress._recipe import Recipe
+    from ebai.core.data import ImageFiles
+    from ebai.core.files import check_output
+
+    out = Path(output)
+    check_output(out, overwrite)
+    base = Recipe.from_file(recipe) if recipe else Recipe()
+    changes: dict[str, Any] = {}
+    if prune_spec:
+        changes["prune"] = parse_prune(prune_spec)
+    if steps is not None:
+        changes["fine_tune"] = {"steps": steps}
+    if precision:
+        changes["precision"] = precision
+    if targets:
+        changes["targets"] = list(targets)
+    plan = base.updated(changes) if changes else base
+    source = _model_source(
+        model,
+        weights,
+        trust_pickle,
+        adapter,
+        adapter_config,
+        {"axes": axes, "channels": channels, "tile": tile, "normalization": normalization, "divisor": divisor},
+    )
+    images = ImageFiles(list(data), source.input_spec)
+    artifact = run_compress(source, images, plan, out, overwrite=overwrite)
+    click.echo(summary(artifact.manifest, out))

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import compress_nets as nets
+import numpy as np
+import pytest
+from compress_backends import OrtBackend
+
+from ebai.adapters import TorchAdapter
+from ebai.compress import Recipe, compress
+from ebai.compress._samples import split_samples
+from ebai.core import Artifact
+from ebai.core.data import ArraySource
+from ebai.core.errors import FidelityError, InputError, OutputExistsError, PluginNotFoundError
+from ebai.core.metrics import dice
+
+pytest.importorskip("onnxruntime")
+
+TILE = (32, 32)
+BASE = {
+    "targets": ["ort"],
+    "fine_tune": {"steps": 6, "eval_every": 3},
+    "calibration": {"samples": 4},
+    "fidelity": {"threshold": 0.5, "tiles": 4},
+}
+# the guard tests need no pruning; the TorchScript exporter is the quicker of the two supported ones
+UNPRUNED = {
+    **BASE,
+    "prune": {"method": "none"},
+    "export": {"exporter": "torchscript"},
+    "fidelity": {"threshold": 0.99, "tiles": 4},
+}
+
+
+def source(model=None):
+    return TorchAdapter(model if model is not None else nets.resunet2d(), axes="bcyx", channels=1, tile=TILE)
+
+
+def small_source():
+    return TorchAdapter(nets.resunet2d(ch=(8, 16, 32)), axes="bcyx", channels=1, tile=TILE)
+
+
+def recipe(base, **changes):
+    return Recipe.from_dict(base).updated(changes)
+
+
+def assert_nothing_written(folder):
+    assert list(folder.iterdir()) == [], list(folder.iterdir())
+
+
+def test_compress_prunes_distills_lowers_and_verifies(tmp_path, images2d):
+    backend = OrtBackend()
+    out = tmp_path / "denoiser.ebai"
+    art = compress(source(), ArraySource(images2d), recipe(BASE), out, backends={"ort": backend})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser.ebai"]  # no temporary folders left
+    assert sorted(art.manifest.files) == ["ort-fp32/model.onnx", "reference.onnx"]
+    reopened = Artifact.open(out)  # every hash checks out
+    m = reopened.manifest
+    assert m.name == "denoiser" and m.reference == "reference.onnx"
+    assert m.source == source().describe()
+    assert m.pruning["method"] == "l1" and m.pruning["macs_before"] / m.pruning["macs_after"] >= 2.5
+    assert m.fine_tuning["method"] == "distill" and m.fine_tuning["steps"] <= 6
+    assert m.fine_tuning["pearson_after"] >= m.fine_tuning["pearson_before"]
+    (target,) = m.targets
+    assert (target.key, target.directory) == ("ort:fp32", "ort-fp32")
+    fid = target.fidelity
+    assert fid.passed and fid.metric == "pearson" and fid.samples == 4 and fid.max_abs_error >= 0
+    # where the loss came from: pruning (reference vs original) and lowering (target vs reference)
+    assert fid.pearson == pytest.approx(m.pruning["fidelity"]["pearson"], abs=1e-4)
+    assert target.record["fidelity_vs_reference"]["pearson"] > 0.9999
+    assert target.record["reference"]["max_rel_error_vs_torch"] <= 1e-4
+    assert target.calibration["samples"] == 4 and len(target.calibration["held_out_images"]) == 2
+    assert backend.lowered[0]["calibration"] == 4
+    engine = backend.load(out / target.directory, target.lowering())
+    assert engine.infer(np.zeros((3, 1, *TILE), np.float32)).shape == (3, 1, *TILE)
+    # an existing artifact is only replaced on request
+    with pytest.raises(OutputExistsError):
+        compress(source(), ArraySource(images2d), recipe(UNPRUNED), out, backends={"ort": OrtBackend()})
+    art2 = compress(source(), ArraySource(images2d), recipe(UNPRUNED), out, overwrite=True, backends={"ort": OrtBackend()})
+    assert art2.manifest.pruning is None and art2.manifest.targets[0].fidelity.pearson > 0.9999
+
+
+def test_guard_rejects_a_noisy_lowering_and_writes_nothing(tmp_path, images2d):
+    backend = OrtBackend(noises=(0.5,))
+    with pytest.raises(FidelityError) as err:
+        compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend})
+    msg = str(err.value)
+    assert "ort fp32 reaches pearson 0." in msg and "below the threshold 0.99" in msg and "nothing was written" in msg
+    assert len(backend.fallback_calls) == 1  # the accuracy-aware fallback was asked for, and had none
+    assert "ort has no accuracy-aware fallback for fp32" in msg
+    assert_nothing_written(tmp_path)
+
+
+def test_best_variant_is_kept(tmp_path, images2d):
+    backend = OrtBackend(noises=(0.5, 0.0, 0.2))
+    art = compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend})
+    (target,) = art.manifest.targets
+    assert target.options == {"noise": 0.0}
+    assert [v["options"]["noise"] for v in target.record["variants"]] == [0.5, 0.0, 0.2]
+    assert sorted(art.manifest.files) == ["ort-fp32/model.onnx", "reference.onnx"]  # losers removed
+
+
+def test_accuracy_aware_fallback_rescues_a_target(tmp_path, images2d):
+    backend = OrtBackend(noises=(0.5,), fallback_noise=0.0)
+    art = compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend})
+    (target,) = art.manifest.targets
+    assert target.record["accuracy_control"] is True and target.fidelity.passed
+    (call,) = backend.fallback_calls
+    assert call["max_drop"] == pytest.approx(0.01, abs=1e-6)  # the unpruned reference scores 1.0
+    assert call["validation"] == 4 and call["score"] == pytest.approx(1.0)
+
+
+def test_fallback_that_stays_below_threshold_fails(tmp_path, images2d):
+    backend = OrtBackend(noises=(0.5,), fallback_noise=0.4)
+    with pytest.raises(FidelityError, match="the accuracy-aware fallback reached 0\\.[0-9]+"):
+        compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend})
+    assert_nothing_written(tmp_path)
+
+
+def test_pruned_reference_below_threshold_fails_before_lowering(tmp_path, images2d):
+    backend = OrtBackend()
+    plan = recipe(BASE, fine_tune={"steps": 0}, fidelity={"threshold": 0.999})
+    with pytest.raises(FidelityError, match="the pruned fp32 network reaches pearson 0.[0-9]+ against the original"):
+        compress(source(), ArraySource(images2d), plan, tmp_path / "m.ebai", backends={"ort": backend})
+    assert backend.lowered == []
+    assert_nothing_written(tmp_path)
+
+
+def test_ctrl_c_leaves_no_artifact_and_no_temporary_folder(tmp_path, images2d):
+    with pytest.raises(KeyboardInterrupt):
+        compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": OrtBackend(interrupt=True)})
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [
+        ([np.zeros((1, 40, 40), np.float32)] * 2, "2 image\\(s\\) given but compression needs at least 3"),
+        ([np.zeros((2, 40, 40), np.float32)] * 4, "2 channels but the model takes 1"),
+        ([np.zeros((1, 8, 40, 40), np.float32)] * 4, "takes 2D images"),
+    ],
+    ids=["too-few", "channels", "dimensions"],
+)
+def test_bad_data_is_refused_before_any_work(tmp_path, images, match):
+    with pytest.raises(InputError, match=match):
+        compress(small_source(), ArraySource(images), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": OrtBackend()})
+    assert_nothing_written(tmp_path)
+
+
+def test_target_whose_backend_is_not_installed(tmp_path, images2d):
+    with pytest.raises(PluginNotFoundError, match="'nosuch'"):
+        compress(small_source(), ArraySource(images2d), recipe(UNPRUNED, targets=["nosuch"]), tmp_path / "m.ebai")
+    assert_nothing_written(tmp_path)
+
+
+class MaskAdapter(TorchAdapter):
+    """A segmentation-like adapter: outputs are thresholded into masks, scored by Dice."""
+
+    def postprocess(self, output):
+        return np.asarray(output)[0] > np.median(output)
+
+    def evaluate(self, prediction, target):
+        return {"dice": dice(prediction, target)}
+
+
+def test_task_metric_decides_and_is_recorded(tmp_path, images2d):
+    src = MaskAdapter(nets.resunet2d(), axes="bcyx", channels=1, tile=TILE)
+    plan = recipe(UNPRUNED, fidelity={"metric": "dice", "threshold": 0.9, "tiles": 4})
+    art = compress(src, ArraySource(images2d), plan, tmp_path / "m.ebai", backends={"ort": OrtBackend(noises=(0.05,))})
+    fid = art.manifest.targets[0].fidelity
+    assert fid.metric == "dice" and fid.passed and 0.9 <= fid.metrics["dice"] < 1.0
+    with pytest.raises(InputError, match="'ap50' is not measured for this model: use one of pearson, ssim, dice"):
+        compress(src, ArraySource(images2d), recipe(UNPRUNED, fidelity={"metric": "ap50"}), tmp_path / "x.ebai",
+                 backends={"ort": OrtBackend()})
+
+
+def test_fine_tune_callback(tmp_path, images2d):
+    calls = []
+
+    def tune(model, data):
+        calls.append(len(data))
+        return model
+
+    plan = recipe(BASE, fine_tune={"method": tune}, fidelity={"threshold": 0.0, "tiles": 4})
+    art = compress(source(), ArraySource(images2d), plan, tmp_path / "m.ebai", backends={"ort": OrtBackend()})
+    assert calls == [3]  # the training images only: 5 given, 2 held out
+    assert art.manifest.fine_tuning["method"] == "callback" and "tune" in art.manifest.fine_tuning["callback"]
+
+
+def test_held_out_images_never_feed_calibration_or_training():
+    images = [np.full((1, 40, 40), i, np.float32) for i in range(6)]  # each image's value is its index
+    split = split_samples(images, tile=TILE, held_out=2, calibration=8, tiles=5, seed=3)
+    held = set(split.held_out_indices)
+    assert len(held) == 2 and set(split.train_indices) == set(range(6)) - held
+    assert {int(t.flat[0]) for t in split.held_out_tiles} == held
+    assert {int(t.flat[0]) for t in split.calibration} | {int(t.flat[0]) for t in split.validation} <= set(split.train_indices)
+    assert all(t.shape == (1, *TILE) for t in split.calibration + split.held_out_tiles)
