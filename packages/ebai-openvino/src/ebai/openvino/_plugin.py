@@ -1,0 +1,13 @@
+"""Entry point of the ``openvino`` backend: a small spec that imports only ebai.core."""
+
+from __future__ import annotations
+
+from ebai.core.plugins import PluginSpec
+
+backend = PluginSpec(
+    name="openvino",
+    package="ebai-openvino",
+    target="ebai.openvino.backend:OpenVINOBackend",
+    requires=("openvino", "nncf"),
+    install="pip install ebai-openvino",
+)
