@@ -56,19 +56,22 @@ def volumes(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return (x + blobs).numpy().astype(np.float32)
 
 
-def build_unet(norm: str) -> torch.nn.Module:
-    from monai.networks.nets import UNet
+def build_unet(norm: str, kind: str = "unet") -> torch.nn.Module:
+    from monai.networks.nets import BasicUNet, UNet
 
     torch.manual_seed(0)
-    net = UNet(
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=1,
-        channels=(32, 64, 128, 256),
-        strides=(2, 2, 2),
-        num_res_units=2,
-        norm=norm,
-    )
+    if kind == "basicunet":  # DESIGN.md's measured net: features 32-256, LeakyReLU, ConvTranspose, concatenations
+        net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=1, features=(32, 32, 64, 128, 256, 32), norm=norm)
+    else:
+        net = UNet(
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=1,
+            channels=(32, 64, 128, 256),
+            strides=(2, 2, 2),
+            num_res_units=2,
+            norm=norm,
+        )
     net.train()
     with torch.no_grad():
         for i in range(4):  # settle BatchNorm running statistics
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--distill-steps", type=int, default=150)
     ap.add_argument("--distill-tile", type=int, nargs=3, default=(32, 64, 64))
     ap.add_argument("--norm", default="batch", choices=("batch", "instance"))
+    ap.add_argument(
+        "--net", default="unet", choices=("unet", "basicunet"), help="MONAI UNet (residual units) or BasicUNet"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for eager inference")
     ap.add_argument("--no-pruned", action="store_true", help="skip the pruned + distilled row")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cpu = cpu_info()
     print(f"cpu: {cpu.model}, {cpu.cores} logical cores, {', '.join(cpu.features)}")
-    net = build_unet(args.norm)
+    net = build_unet(args.norm, args.net)
     spec = InputSpec("bczyx", 1, TILE, divisor=8)
     calibration = [volumes(1, TILE, 100 + i) for i in range(args.calibration)]
     validation = volumes(1, TILE, 500)  # picks the int8 preset
@@ -248,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {
         "tile": [1, 1, *TILE],
         "norm": args.norm,
+        "net": args.net,
         "cpu": {"model": cpu.model, "cores": cpu.cores, "features": list(cpu.features)},
         "rounds": args.rounds,
         "repeats": args.repeats,
