@@ -127,3 +127,11 @@ def fake_state(monkeypatch) -> fake_gpu.FakeState:
     state = fake_gpu.FakeState()
     fake_gpu.install(monkeypatch, state)
     return state
+
+
+@pytest.fixture(autouse=True)
+def _ebai_debug_logs(caplog):
+    """Capture ebai's debug logs whatever an earlier test (a CLI run) set the levels to."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="ebai")
