@@ -45,7 +45,9 @@ def make_data(n: int, shape: tuple[int, int, int], seed: int) -> tuple[list[np.n
 
 def starts(shape: tuple[int, ...], tile: tuple[int, ...], rng: np.random.Generator | None) -> list[int]:
     """Corner of a random crop (centred without ``rng``)."""
-    return [(d - t) // 2 if rng is None else int(rng.integers(0, d - t + 1)) for d, t in zip(shape[1:], tile, strict=True)]
+    return [
+        (d - t) // 2 if rng is None else int(rng.integers(0, d - t + 1)) for d, t in zip(shape[1:], tile, strict=True)
+    ]
 
 
 def crop(vol: np.ndarray, tile: tuple[int, ...], corner: list[int]) -> np.ndarray:
@@ -93,33 +95,46 @@ def main() -> None:
     volume = (tile[0] + 16, tile[1] + 32, tile[2] + 32)
     noisy, clean = make_data(8, volume, args.seed)
     train_x, held_x, held_clean = noisy[:6], noisy[6:], clean[6:]
-    corners = [(v, starts(held_x[v].shape, tile, np.random.default_rng([args.seed, k]))) for k in range(4) for v in range(2)]
+    corners = [
+        (v, starts(held_x[v].shape, tile, np.random.default_rng([args.seed, k]))) for k in range(4) for v in range(2)
+    ]
     held = np.stack([crop(held_x[v], tile, c) for v, c in corners])
     truth = np.stack([crop(held_clean[v], tile, c) for v, c in corners])
 
-    teacher = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(32, 64, 128, 256), strides=(2, 2, 2), num_res_units=2)
+    teacher = UNet(
+        spatial_dims=3, in_channels=1, out_channels=1, channels=(32, 64, 128, 256), strides=(2, 2, 2), num_res_units=2
+    )
     started = time.perf_counter()
     train_teacher(teacher, train_x, clean[:6], tile, args.teacher_steps, args.seed)
     teacher_out = outputs(teacher, held)
     print(f"MONAI UNet 3D channels (32, 64, 128, 256), num_res_units=2, tile {tile}, {args.threads} thread(s)")
-    print(f"teacher: {args.teacher_steps} denoising steps in {time.perf_counter() - started:.0f} s, "
-          f"Pearson to the clean volumes {pearson(teacher_out, truth):.4f} (noisy input: {pearson(held, truth):.4f})")
+    print(
+        f"teacher: {args.teacher_steps} denoising steps in {time.perf_counter() - started:.0f} s, "
+        f"Pearson to the clean volumes {pearson(teacher_out, truth):.4f} (noisy input: {pearson(held, truth):.4f})"
+    )
     print()
-    header = (f"{'method':7}{'params before':>15}{'params after':>14}{'ratio':>7}{'GMACs before':>14}{'GMACs after':>13}"
-              f"{'ratio':>7}{'Pearson pruned':>16}{'distilled':>11}{'steps':>7}{'s/step':>8}{'max err':>9}")
+    header = (
+        f"{'method':7}{'params before':>15}{'params after':>14}{'ratio':>7}{'GMACs before':>14}{'GMACs after':>13}"
+        f"{'ratio':>7}{'Pearson pruned':>16}{'distilled':>11}{'steps':>7}{'s/step':>8}{'max err':>9}"
+    )
     print(header)
     print("-" * len(header))
     for method in args.methods.split(","):
         result = prune(teacher, (1, 1, *tile), method=method, ratio=args.ratio)
         before = pearson(outputs(result.model, held), teacher_out)
         t0 = time.perf_counter()
-        tuned = distill(result.model, teacher, train_x, tile=tile, steps=args.steps, eval_every=20, patience=4, seed=args.seed)
+        tuned = distill(
+            result.model, teacher, train_x, tile=tile, steps=args.steps, eval_every=20, patience=4, seed=args.seed
+        )
         per_step = (time.perf_counter() - t0) / max(tuned.steps, 1)
         out = outputs(tuned.model, held)
         after = pearson(out, teacher_out)
-        print(f"{method:7}{result.params_before / 1e6:>13.2f} M{result.params_after / 1e6:>12.2f} M{result.param_reduction:>6.2f}x"
-              f"{result.macs_before / 1e9:>14.2f}{result.macs_after / 1e9:>13.2f}{result.mac_reduction:>6.2f}x"
-              f"{before:>16.4f}{after:>11.4f}{tuned.steps:>7d}{per_step:>8.2f}{max_abs_error(out, teacher_out):>9.3g}", flush=True)
+        print(
+            f"{method:7}{result.params_before / 1e6:>13.2f} M{result.params_after / 1e6:>12.2f} M{result.param_reduction:>6.2f}x"
+            f"{result.macs_before / 1e9:>14.2f}{result.macs_after / 1e9:>13.2f}{result.mac_reduction:>6.2f}x"
+            f"{before:>16.4f}{after:>11.4f}{tuned.steps:>7d}{per_step:>8.2f}{max_abs_error(out, teacher_out):>9.3g}",
+            flush=True,
+        )
     print()
     print("Pearson: pruned network's output vs the original's on 8 held-out tiles (2 volumes never trained on),")
     print("right after pruning and after distillation (best of the validation checks; early stop on no improvement).")

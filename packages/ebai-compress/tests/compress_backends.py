@@ -42,7 +42,9 @@ class OrtBackend(Backend):
     name = "ort"
     precisions = ("fp32", "int8")
 
-    def __init__(self, noises: Sequence[float] = (0.0,), fallback_noise: float | None = None, interrupt: bool = False) -> None:
+    def __init__(
+        self, noises: Sequence[float] = (0.0,), fallback_noise: float | None = None, interrupt: bool = False
+    ) -> None:
         self.noises = list(noises)
         self.fallback_noise = fallback_noise
         self.interrupt = interrupt
@@ -52,25 +54,61 @@ class OrtBackend(Backend):
     def variants(self, precision: str) -> list[dict[str, Any]]:
         return [{"noise": n} for n in self.noises]
 
-    def lower(self, onnx_path: Path, out_dir: Path, *, precision: str, input_spec: InputSpec,
-              calibration: Sequence[np.ndarray], options: Mapping[str, Any] | None = None) -> Lowering:
+    def lower(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        *,
+        precision: str,
+        input_spec: InputSpec,
+        calibration: Sequence[np.ndarray],
+        options: Mapping[str, Any] | None = None,
+    ) -> Lowering:
         if self.interrupt:
             raise KeyboardInterrupt
         shutil.copyfile(onnx_path, Path(out_dir) / "model.onnx")
         self.lowered.append({"options": dict(options or {}), "calibration": len(calibration), "dir": Path(out_dir)})
-        return Lowering(backend=self.name, precision=precision, files=("model.onnx",), entry="model.onnx",
-                        options=dict(options or {}), record={"calibration_batches": len(calibration)})
+        return Lowering(
+            backend=self.name,
+            precision=precision,
+            files=("model.onnx",),
+            entry="model.onnx",
+            options=dict(options or {}),
+            record={"calibration_batches": len(calibration)},
+        )
 
-    def lower_with_accuracy_control(self, onnx_path: Path, out_dir: Path, *, precision: str, input_spec: InputSpec,
-                                    calibration: Sequence[np.ndarray], validation: Sequence[tuple[np.ndarray, np.ndarray]],
-                                    metric: Any, max_drop: float, options: Mapping[str, Any] | None = None) -> Lowering | None:
-        self.fallback_calls.append({"max_drop": max_drop, "validation": len(validation),
-                                    "score": float(np.mean([metric(ref, ref) for _, ref in validation]))})
+    def lower_with_accuracy_control(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        *,
+        precision: str,
+        input_spec: InputSpec,
+        calibration: Sequence[np.ndarray],
+        validation: Sequence[tuple[np.ndarray, np.ndarray]],
+        metric: Any,
+        max_drop: float,
+        options: Mapping[str, Any] | None = None,
+    ) -> Lowering | None:
+        self.fallback_calls.append(
+            {
+                "max_drop": max_drop,
+                "validation": len(validation),
+                "score": float(np.mean([metric(ref, ref) for _, ref in validation])),
+            }
+        )
         if self.fallback_noise is None:
             return None
         shutil.copyfile(onnx_path, Path(out_dir) / "model.onnx")
-        return Lowering(backend=self.name, precision=precision, files=("model.onnx",), entry="model.onnx",
-                        options={"noise": self.fallback_noise, "accuracy_control": True})
+        return Lowering(
+            backend=self.name,
+            precision=precision,
+            files=("model.onnx",),
+            entry="model.onnx",
+            options={"noise": self.fallback_noise, "accuracy_control": True},
+        )
 
     def load(self, directory: Path, lowering: Lowering, **options: Any) -> Engine:
-        return OrtEngine(Path(directory) / lowering.entry, lowering.precision, float(lowering.options.get("noise", 0.0)), 0)
+        return OrtEngine(
+            Path(directory) / lowering.entry, lowering.precision, float(lowering.options.get("noise", 0.0)), 0
+        )

@@ -8,8 +8,12 @@ from torch import nn
 
 def _block3(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1), nn.BatchNorm3d(cout), nn.ReLU(inplace=True),
-        nn.Conv3d(cout, cout, 3, padding=1), nn.BatchNorm3d(cout), nn.ReLU(inplace=True),
+        nn.Conv3d(cin, cout, 3, padding=1),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(cout, cout, 3, padding=1),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
     )
 
 

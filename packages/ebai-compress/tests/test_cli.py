@@ -61,8 +61,21 @@ def model_args(weights):
 def test_cli_compresses_and_prints_a_summary(tmp_path, images2d, weights, ort_backend):
     data = write_images(tmp_path / "data", [img[0] for img in images2d])  # plain YX images
     out = tmp_path / "small.ebai"
-    result = run(*model_args(weights), "--normalize", "percentile", "--data", data, "--prune", "l1:0.5", "--steps", 3,
-                 "--target", "ort", "-o", out)
+    result = run(
+        *model_args(weights),
+        "--normalize",
+        "percentile",
+        "--data",
+        data,
+        "--prune",
+        "l1:0.5",
+        "--steps",
+        3,
+        "--target",
+        "ort",
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "MACs" in result.output and "parameters" in result.output and "ort:fp32" in result.output
     assert "distillation: 3 steps" in result.output
@@ -78,7 +91,9 @@ def test_cli_compresses_and_prints_a_summary(tmp_path, images2d, weights, ort_ba
 def test_cli_recipe_file_and_options(tmp_path, images2d, weights, ort_backend):
     data = write_images(tmp_path / "data", images2d)
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text('targets = ["ort"]\n[prune]\nmethod = "none"\n[calibration]\nsamples = 3\n[export]\nexporter = "torchscript"\n')
+    recipe.write_text(
+        'targets = ["ort"]\n[prune]\nmethod = "none"\n[calibration]\nsamples = 3\n[export]\nexporter = "torchscript"\n'
+    )
     result = run(*model_args(weights), "--data", data, "--recipe", recipe, "-o", tmp_path / "m.ebai")
     assert result.exit_code == 0, result.output
     assert "pruning: none" in result.output and ort_backend.lowered[0]["calibration"] == 3
@@ -139,8 +154,23 @@ def test_cli_existing_output_needs_overwrite(tmp_path, images2d, weights, ort_ba
 
 def test_cli_model_that_cannot_be_exported(tmp_path, images2d, ort_backend):
     data = write_images(tmp_path / "data", images2d)
-    result = run(f"{NETS}:DataDependent", "--axes", "bcyx", "--channels", 1, "--tile", "32,32", "--data", data,
-                 "--prune", "none", "--target", "ort", "-o", tmp_path / "m.ebai")
+    result = run(
+        f"{NETS}:DataDependent",
+        "--axes",
+        "bcyx",
+        "--channels",
+        1,
+        "--tile",
+        "32,32",
+        "--data",
+        data,
+        "--prune",
+        "none",
+        "--target",
+        "ort",
+        "-o",
+        tmp_path / "m.ebai",
+    )
     line = error_line(result)
     assert "'body.1' (Gate)" in line and "data-dependent control flow" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
@@ -164,8 +194,20 @@ def test_cli_adapter_by_name_with_config(tmp_path, images2d, weights, ort_backen
     data = write_images(tmp_path / "data", images2d)
     config = tmp_path / "adapter.yaml"
     config.write_text(f"model: {NETS}:small2d\nweights: weights.pt\naxes: bcyx\nchannels: 1\ntile: [32, 32]\n")
-    result = run("--adapter", "torch", "--adapter-config", config, "--data", data, "--prune", "none", "--target", "ort",
-                 "-o", tmp_path / "m.ebai")
+    result = run(
+        "--adapter",
+        "torch",
+        "--adapter-config",
+        config,
+        "--data",
+        data,
+        "--prune",
+        "none",
+        "--target",
+        "ort",
+        "-o",
+        tmp_path / "m.ebai",
+    )
     assert result.exit_code == 0, result.output
     from ebai.core import Artifact
 

@@ -75,14 +75,18 @@ def test_compress_prunes_distills_lowers_and_verifies(tmp_path, images2d):
     # an existing artifact is only replaced on request
     with pytest.raises(OutputExistsError):
         compress(source(), ArraySource(images2d), recipe(UNPRUNED), out, backends={"ort": OrtBackend()})
-    art2 = compress(source(), ArraySource(images2d), recipe(UNPRUNED), out, overwrite=True, backends={"ort": OrtBackend()})
+    art2 = compress(
+        source(), ArraySource(images2d), recipe(UNPRUNED), out, overwrite=True, backends={"ort": OrtBackend()}
+    )
     assert art2.manifest.pruning is None and art2.manifest.targets[0].fidelity.pearson > 0.9999
 
 
 def test_guard_rejects_a_noisy_lowering_and_writes_nothing(tmp_path, images2d):
     backend = OrtBackend(noises=(0.5,))
     with pytest.raises(FidelityError) as err:
-        compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend})
+        compress(
+            small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend}
+        )
     msg = str(err.value)
     assert "ort fp32 reaches pearson 0." in msg and "below the threshold 0.99" in msg and "nothing was written" in msg
     assert len(backend.fallback_calls) == 1  # the accuracy-aware fallback was asked for, and had none
@@ -92,7 +96,9 @@ def test_guard_rejects_a_noisy_lowering_and_writes_nothing(tmp_path, images2d):
 
 def test_best_variant_is_kept(tmp_path, images2d):
     backend = OrtBackend(noises=(0.5, 0.0, 0.2))
-    art = compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend})
+    art = compress(
+        small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend}
+    )
     (target,) = art.manifest.targets
     assert target.options == {"noise": 0.0}
     assert [v["options"]["noise"] for v in target.record["variants"]] == [0.5, 0.0, 0.2]
@@ -101,7 +107,9 @@ def test_best_variant_is_kept(tmp_path, images2d):
 
 def test_accuracy_aware_fallback_rescues_a_target(tmp_path, images2d):
     backend = OrtBackend(noises=(0.5,), fallback_noise=0.0)
-    art = compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend})
+    art = compress(
+        small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend}
+    )
     (target,) = art.manifest.targets
     assert target.record["accuracy_control"] is True and target.fidelity.passed
     (call,) = backend.fallback_calls
@@ -112,7 +120,9 @@ def test_accuracy_aware_fallback_rescues_a_target(tmp_path, images2d):
 def test_fallback_that_stays_below_threshold_fails(tmp_path, images2d):
     backend = OrtBackend(noises=(0.5,), fallback_noise=0.4)
     with pytest.raises(FidelityError, match="the accuracy-aware fallback reached 0\\.[0-9]+"):
-        compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend})
+        compress(
+            small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": backend}
+        )
     assert_nothing_written(tmp_path)
 
 
@@ -127,7 +137,13 @@ def test_pruned_reference_below_threshold_fails_before_lowering(tmp_path, images
 
 def test_ctrl_c_leaves_no_artifact_and_no_temporary_folder(tmp_path, images2d):
     with pytest.raises(KeyboardInterrupt):
-        compress(small_source(), ArraySource(images2d), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": OrtBackend(interrupt=True)})
+        compress(
+            small_source(),
+            ArraySource(images2d),
+            recipe(UNPRUNED),
+            tmp_path / "m.ebai",
+            backends={"ort": OrtBackend(interrupt=True)},
+        )
     assert_nothing_written(tmp_path)
 
 
@@ -142,7 +158,9 @@ def test_ctrl_c_leaves_no_artifact_and_no_temporary_folder(tmp_path, images2d):
 )
 def test_bad_data_is_refused_before_any_work(tmp_path, images, match):
     with pytest.raises(InputError, match=match):
-        compress(small_source(), ArraySource(images), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": OrtBackend()})
+        compress(
+            small_source(), ArraySource(images), recipe(UNPRUNED), tmp_path / "m.ebai", backends={"ort": OrtBackend()}
+        )
     assert_nothing_written(tmp_path)
 
 
@@ -169,8 +187,13 @@ def test_task_metric_decides_and_is_recorded(tmp_path, images2d):
     fid = art.manifest.targets[0].fidelity
     assert fid.metric == "dice" and fid.passed and 0.9 <= fid.metrics["dice"] < 1.0
     with pytest.raises(InputError, match="'ap50' is not measured for this model: use one of pearson, ssim, dice"):
-        compress(src, ArraySource(images2d), recipe(UNPRUNED, fidelity={"metric": "ap50"}), tmp_path / "x.ebai",
-                 backends={"ort": OrtBackend()})
+        compress(
+            src,
+            ArraySource(images2d),
+            recipe(UNPRUNED, fidelity={"metric": "ap50"}),
+            tmp_path / "x.ebai",
+            backends={"ort": OrtBackend()},
+        )
 
 
 def test_fine_tune_callback(tmp_path, images2d):
@@ -192,5 +215,7 @@ def test_held_out_images_never_feed_calibration_or_training():
     held = set(split.held_out_indices)
     assert len(held) == 2 and set(split.train_indices) == set(range(6)) - held
     assert {int(t.flat[0]) for t in split.held_out_tiles} == held
-    assert {int(t.flat[0]) for t in split.calibration} | {int(t.flat[0]) for t in split.validation} <= set(split.train_indices)
+    assert {int(t.flat[0]) for t in split.calibration} | {int(t.flat[0]) for t in split.validation} <= set(
+        split.train_indices
+    )
     assert all(t.shape == (1, *TILE) for t in split.calibration + split.held_out_tiles)

@@ -47,7 +47,13 @@ def test_early_stop_keeps_the_best_weights(images2d):
 
 def test_unknown_loss():
     with pytest.raises(InputError, match="unknown distillation loss"):
-        distill(torch.nn.Conv2d(1, 1, 1), torch.nn.Conv2d(1, 1, 1), [np.zeros((1, 8, 8), np.float32)], tile=(8, 8), loss="huber")
+        distill(
+            torch.nn.Conv2d(1, 1, 1),
+            torch.nn.Conv2d(1, 1, 1),
+            [np.zeros((1, 8, 8), np.float32)],
+            tile=(8, 8),
+            loss="huber",
+        )
 
 
 def test_fit_tile_pads_small_images_and_crops_large_ones():

@@ -23,7 +23,11 @@ def _ort_vs_torch(path, model, batch):
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-@pytest.mark.parametrize(("factory", "shape"), [(nets.unet3d, (1, 1, 8, 16, 16)), (nets.resunet2d, (1, 1, 32, 32))], ids=["unet3d", "resunet2d"])
+@pytest.mark.parametrize(
+    ("factory", "shape"),
+    [(nets.unet3d, (1, 1, 8, 16, 16)), (nets.resunet2d, (1, 1, 32, 32))],
+    ids=["unet3d", "resunet2d"],
+)
 def test_pruned_net_exports_to_one_checked_file_with_dynamic_batch(tmp_path, factory, shape):
     pruned = prune(factory(), shape, method="l1", ratio=0.5).model
     path = tmp_path / "model.onnx"

@@ -13,7 +13,9 @@ SHAPE2D = (1, 1, 64, 64)
 
 
 @pytest.mark.parametrize("method", ["l1", "l2", "fpgm"])
-@pytest.mark.parametrize(("factory", "shape"), [(nets.unet3d, SHAPE3D), (nets.resunet2d, SHAPE2D)], ids=["unet3d", "resunet2d"])
+@pytest.mark.parametrize(
+    ("factory", "shape"), [(nets.unet3d, SHAPE3D), (nets.resunet2d, SHAPE2D)], ids=["unet3d", "resunet2d"]
+)
 def test_half_the_channels_cut_macs_and_the_net_runs(method, factory, shape):
     model = factory()
     x = torch.randn(shape)
@@ -35,7 +37,9 @@ def test_half_the_channels_cut_macs_and_the_net_runs(method, factory, shape):
 
 
 def test_output_layer_is_found_behind_activations():
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 2, 1), torch.nn.Sigmoid())
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 2, 1), torch.nn.Sigmoid()
+    )
     assert output_layers(model, (1, 1, 16, 16)) == ["2"]
 
 
@@ -82,7 +86,9 @@ def test_monai_unet_with_prelu_and_basicunet_with_inplace_activations():
     monai = pytest.importorskip("monai")
     from monai.networks.nets import BasicUNet, UNet
 
-    unet = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2)
+    unet = UNet(
+        spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2
+    )
     basic = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(16, 16, 32, 64, 128, 16))
     for model, shape in ((unet.eval(), (1, 1, 16, 16, 16)), (basic.eval(), (1, 1, 64, 64))):
         result = prune(model, shape, method="l1", ratio=0.5)

@@ -203,7 +203,10 @@ def distill(
                 val_loss, val_pearson = check()
                 logger.debug(
                     "distillation step %d: train loss %.4f, validation loss %.4f, pearson %.4f",
-                    ran, value.item(), val_loss, val_pearson,
+                    ran,
+                    value.item(),
+                    val_loss,
+                    val_pearson,
                 )
                 if val_loss < best_loss * (1 - _MIN_IMPROVEMENT):
                     best_loss, best_pearson, best_state = val_loss, val_pearson, copy.deepcopy(student.state_dict())
@@ -234,6 +237,9 @@ def distill(
     )
     logger.info(
         "distillation: %d steps, validation Pearson %.4f -> %.4f%s",
-        ran, pearson_before, best_pearson, " (stopped early)" if stopped else "",
+        ran,
+        pearson_before,
+        best_pearson,
+        " (stopped early)" if stopped else "",
     )
     return result

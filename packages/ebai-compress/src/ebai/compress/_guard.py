@@ -37,7 +37,9 @@ def torch_infer(module: Any) -> Callable[[np.ndarray], np.ndarray]:
     return infer
 
 
-def run_batches(infer: Callable[[np.ndarray], np.ndarray], tiles: Sequence[np.ndarray], batch_size: int = 4) -> np.ndarray:
+def run_batches(
+    infer: Callable[[np.ndarray], np.ndarray], tiles: Sequence[np.ndarray], batch_size: int = 4
+) -> np.ndarray:
     """Run ``infer`` over ``tiles`` ``(C, *tile)`` in batches; returns ``(N, C_out, *tile)`` float32."""
     outs = []
     for start in range(0, len(tiles), batch_size):
@@ -126,7 +128,10 @@ class FidelityJudge:
                 return pearson(candidate, reference)
             if name == "ssim":
                 return _ssim(candidate, reference)
-            values = [source.evaluate(source.postprocess(c), source.postprocess(r))[name] for c, r in zip(candidate, reference, strict=False)]
+            values = [
+                source.evaluate(source.postprocess(c), source.postprocess(r))[name]
+                for c, r in zip(candidate, reference, strict=False)
+            ]
             return float(np.mean(values))
 
         return metric

@@ -111,7 +111,9 @@ def _resolve_callback(ref: str) -> Callable[..., Any]:
     return fn
 
 
-def _fine_tune(recipe: Recipe, student: Any, teacher: Any, split: SampleSplit, tile: tuple[int, ...]) -> tuple[Any, dict[str, Any] | None]:
+def _fine_tune(
+    recipe: Recipe, student: Any, teacher: Any, split: SampleSplit, tile: tuple[int, ...]
+) -> tuple[Any, dict[str, Any] | None]:
     settings = recipe.fine_tune
     if not settings.enabled:
         return student, None
@@ -138,7 +140,10 @@ def _fine_tune(recipe: Recipe, student: Any, teacher: Any, split: SampleSplit, t
         msg = f"fine-tuning callback {getattr(fn, '__name__', fn)!r} returned {type(tuned).__name__}, not the model: return the fine-tuned module"
         raise InputError(msg)
     tuned.eval()
-    return tuned, {"method": "callback", "callback": f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', '?')}"}
+    return tuned, {
+        "method": "callback",
+        "callback": f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', '?')}",
+    }
 
 
 def _copy(original: Any, source: ModelSource) -> Any:
@@ -195,7 +200,9 @@ def _lower_target(
         outputs = _engine_outputs(backend, scratch, lowering, split.held_out_tiles)
         record = judge.measure(outputs)
         tried.append({"options": dict(options), judge.metric: judge.value(record)})
-        logger.info("%s %s variant %s: %s %.4f", name, precision, options or "default", judge.metric, judge.value(record))
+        logger.info(
+            "%s %s variant %s: %s %.4f", name, precision, options or "default", judge.metric, judge.value(record)
+        )
         if best is None or judge.value(record) > judge.value(best[2]):
             if best is not None:
                 shutil.rmtree(best[0], ignore_errors=True)
@@ -235,7 +242,9 @@ def _lower_target(
             else:
                 outputs = _engine_outputs(backend, scratch, lowering, split.held_out_tiles)
                 record = judge.measure(outputs)
-                tried.append({"options": dict(lowering.options), "accuracy_control": True, judge.metric: judge.value(record)})
+                tried.append(
+                    {"options": dict(lowering.options), "accuracy_control": True, judge.metric: judge.value(record)}
+                )
                 fallback = f"the accuracy-aware fallback reached {judge.value(record):.4f}"
                 if judge.value(record) > judge.value(best[2]):
                     shutil.rmtree(best[0], ignore_errors=True)
@@ -359,7 +368,11 @@ def compress(
     # scored per tile and averaged, as accuracy-aware lowering scores its validation pairs
     metric = judge.batch_metric()
     validation_model = run_batches(run_model, split.validation, _BATCH)
-    validation_score = float(np.mean([metric(c[np.newaxis], r[np.newaxis]) for c, r in zip(validation_model, validation_original, strict=False)]))
+    validation_score = float(
+        np.mean(
+            [metric(c[np.newaxis], r[np.newaxis]) for c, r in zip(validation_model, validation_original, strict=False)]
+        )
+    )
     if pruning is not None:
         pruning["fidelity"] = reference_fidelity.to_dict()
     if not reference_fidelity.passed:

@@ -405,6 +405,13 @@ def prune(
     )
     logger.info(
         "pruned %s (%s, ratio %.2f): MACs %.3g -> %.3g (%.2fx), parameters %d -> %d",
-        type(model).__name__, method, ratio, macs_before, macs_after, result.mac_reduction, params_before, params_after,
+        type(model).__name__,
+        method,
+        ratio,
+        macs_before,
+        macs_after,
+        result.mac_reduction,
+        params_before,
+        params_after,
     )
     return result

@@ -95,7 +95,9 @@ class PruneSettings:
         keep = (self.keep,) if isinstance(self.keep, str) else tuple(str(k) for k in self.keep)
         object.__setattr__(self, "keep", keep)
         if int(self.round_to) < 1:
-            _fail(f"prune.round_to must be a positive channel multiple, got {self.round_to}: use 8, or 1 for no rounding")
+            _fail(
+                f"prune.round_to must be a positive channel multiple, got {self.round_to}: use 8, or 1 for no rounding"
+            )
         object.__setattr__(self, "round_to", int(self.round_to))
         object.__setattr__(self, "global_pruning", bool(self.global_pruning))
 
@@ -158,7 +160,9 @@ class FineTuneSettings:
         for name in ("steps", "batch_size", "eval_every", "patience"):
             value = int(getattr(self, name))
             if value < (0 if name == "steps" else 1):
-                _fail(f"fine_tune.{name} must be {'>= 0' if name == 'steps' else 'positive'}, got {getattr(self, name)}")
+                _fail(
+                    f"fine_tune.{name} must be {'>= 0' if name == 'steps' else 'positive'}, got {getattr(self, name)}"
+                )
             object.__setattr__(self, name, value)
         if not float(self.lr) > 0:
             _fail(f"fine_tune.lr must be positive, got {self.lr}")
@@ -167,7 +171,9 @@ class FineTuneSettings:
     @property
     def enabled(self) -> bool:
         """Whether any fine-tuning is asked for."""
-        return self.method != "none" and (self.steps > 0 or callable(self.method) or self.method not in FINE_TUNE_METHODS)
+        return self.method != "none" and (
+            self.steps > 0 or callable(self.method) or self.method not in FINE_TUNE_METHODS
+        )
 
 
 @dataclass(frozen=True)
@@ -299,7 +305,9 @@ class Recipe:
             values = list(precision.values())
             for name in precision:
                 if name not in targets:
-                    _fail(f"precision is given for {name!r}, which is not a target ({', '.join(targets)}): add it to targets")
+                    _fail(
+                        f"precision is given for {name!r}, which is not a target ({', '.join(targets)}): add it to targets"
+                    )
         else:
             precision = str(self.precision).lower()
             values = [precision]

@@ -103,7 +103,9 @@ def required_images(held_out: int) -> int:
     return held_out + 1
 
 
-def _tiles(images: Sequence[np.ndarray], count: int, tile: Sequence[int], rng: np.random.Generator, first_centered: bool) -> list[np.ndarray]:
+def _tiles(
+    images: Sequence[np.ndarray], count: int, tile: Sequence[int], rng: np.random.Generator, first_centered: bool
+) -> list[np.ndarray]:
     out = []
     for k in range(count):
         image = images[k % len(images)]

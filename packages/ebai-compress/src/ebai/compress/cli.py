@@ -115,22 +115,30 @@ def summary(manifest: Any, path: Path) -> str:
             continue
         value = f.pearson if f.metric == "pearson" else f.metrics.get(f.metric, float("nan"))
         criterion = f"{f.metric} {value:.4f} >= {f.threshold:g}"
-        lines.append(f"{t.key:18}{f.pearson:>9.4f}{f.max_abs_error:>10.3g}{criterion:>24}{'yes' if f.passed else 'no':>8}")
+        lines.append(
+            f"{t.key:18}{f.pearson:>9.4f}{f.max_abs_error:>10.3g}{criterion:>24}{'yes' if f.passed else 'no':>8}"
+        )
     return "\n".join(lines)
 
 
 @click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", required=False)
-@click.option("--weights", type=click.Path(dir_okay=False), help="State dict for a factory model (read with weights_only=True).")
+@click.option(
+    "--weights", type=click.Path(dir_okay=False), help="State dict for a factory model (read with weights_only=True)."
+)
 @click.option("--trust-pickle", is_flag=True, help="Allow a whole pickled model file (this runs code from the file).")
 @click.option("--adapter", help="Installed adapter to load the model with (e.g. cellpose, monai).")
 @click.option("--adapter-config", type=click.Path(dir_okay=False), help="YAML settings of the adapter.")
 @click.option("--axes", help="Model input axes, batch and channel first (bczyx, bcyx).")
 @click.option("--channels", type=int, help="Input channels of the model.")
 @click.option("--tile", help="Spatial tile, e.g. 32,64,64.")
-@click.option("--normalize", "normalization", type=click.Choice(_NORMALIZATIONS), help="Intensity normalisation of each image.")
+@click.option(
+    "--normalize", "normalization", type=click.Choice(_NORMALIZATIONS), help="Intensity normalisation of each image."
+)
 @click.option("--divisor", type=int, help="Spatial sizes the model takes must be multiples of this.")
-@click.option("--data", "-d", "data", multiple=True, required=True, help="Image folder, file or glob (TIFF/PNG/NPY); repeatable.")
+@click.option(
+    "--data", "-d", "data", multiple=True, required=True, help="Image folder, file or glob (TIFF/PNG/NPY); repeatable."
+)
 @click.option("--prune", "prune_spec", help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5; 'none' to skip.")
 @click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Lower every target to fp16.")

@@ -1,0 +1,15 @@
+"""Entry-point spec of the ``task`` adapter; importing this module imports only ``ebai.core``."""
+
+from __future__ import annotations
+
+from ebai.core.plugins import PluginSpec
+
+__all__ = ["task"]
+
+task = PluginSpec(
+    name="task",
+    package="ebai-adapters",
+    target="ebai.adapters.tasks._adapter:TaskAdapter",
+    requires=("torch", "monai", "safetensors"),
+    install="pip install 'ebai-adapters[monai]'",
+)
