@@ -250,7 +250,7 @@ def plot_slices(table: TaskTable, path: Path) -> bool:
         ax.set_axis_off()
     where = "central Z slice" if len(table.volume) == 3 else "image"
     fig.suptitle(f"{table.title}, {where} of the held-out volume", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))  # keep the panel titles clear of the figure title
     fig.savefig(path)
     return True
 
