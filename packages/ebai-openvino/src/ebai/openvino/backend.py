@@ -28,6 +28,22 @@ __all__ = ["LOAD_OPTIONS", "OpenVINOBackend"]
 LOAD_OPTIONS = ("performance_hint", "num_threads", "inference_precision", "num_requests", "device")
 
 
+def _rewrite_mode(value: Any) -> bool | str:
+    """``deconv_to_conv``: ``True`` (every transposed convolution), ``False``, or ``"auto"``."""
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    if isinstance(value, (bool, int)):
+        return bool(value)
+    msg = f"deconv_to_conv must be true, false or auto, got {value!r}"
+    raise InputError(msg)
+
+
+def _rewrite(model: Any, mode: bool | str) -> int:
+    if not mode:
+        return 0
+    return rewrite_transposed_convolutions(model, signed_only=mode == "auto")
+
+
 class OpenVINOBackend(Backend):
     """Lowers fp32 ONNX to OpenVINO IR and runs it on the CPU.
 
@@ -78,20 +94,22 @@ class OpenVINOBackend(Backend):
         For ``int8`` the converted model is quantized by ``nncf.quantize`` on ``calibration``
         (batches ``(N, C, *tile)``, split into single samples); ``options`` may set ``preset``,
         ``subset_size``, ``overflow_fix`` and ``fast_bias_correction``. Every precision takes
-        ``deconv_to_conv`` (default: on for int8 only): transposed convolutions are rewritten as a
-        convolution plus a pixel shuffle, the same function, so that they run in int8 (see
-        :mod:`ebai.openvino._deconvolution`); fp32 and fp16 keep OpenVINO's own graph by default.
+        ``deconv_to_conv`` (default ``"auto"`` for int8, off otherwise): transposed convolutions are
+        rewritten as a convolution plus a pixel shuffle, the same function, so that they run in int8
+        (see :mod:`ebai.openvino._deconvolution`); ``"auto"`` rewrites only those whose input can be
+        negative (the others already run in int8), ``True`` every one; fp32 and fp16 keep OpenVINO's
+        own graph by default.
         """
         from ebai.openvino import _quantization as q
 
         self._check_precision(precision)
         started = time.perf_counter()
         options = dict(options or {})
-        rewrite = bool(options.pop("deconv_to_conv", precision == "int8"))
+        rewrite = _rewrite_mode(options.pop("deconv_to_conv", "auto" if precision == "int8" else False))
         model = convert_onnx(Path(onnx_path), input_spec)
         record: dict[str, Any] = {"versions": package_versions("openvino", "nncf")}
         used: dict[str, Any] = {"deconv_to_conv": rewrite}
-        record["deconvolutions_rewritten"] = rewrite_transposed_convolutions(model) if rewrite else 0
+        record["deconvolutions_rewritten"] = _rewrite(model, rewrite)
         if precision == "int8":
             samples = q.split_samples(calibration)
             opts = q.QuantizeOptions(options, len(samples))
@@ -135,9 +153,9 @@ class OpenVINOBackend(Backend):
             return None
         started = time.perf_counter()
         options = dict(options or {})
-        rewrite = bool(options.pop("deconv_to_conv", True))
+        rewrite = _rewrite_mode(options.pop("deconv_to_conv", "auto"))
         model = convert_onnx(Path(onnx_path), input_spec)
-        rewritten = rewrite_transposed_convolutions(model) if rewrite else 0
+        rewritten = _rewrite(model, rewrite)
         samples = q.split_samples(calibration)
         opts = q.QuantizeOptions(options, len(samples))
         model = q.quantize_with_accuracy_control(model, samples, validation, metric, max_drop, opts)
