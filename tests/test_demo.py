@@ -34,4 +34,49 @@ def test_demo_quick_writes_the_table_and_plots(tmp_path, monkeypatch):
     again = CliRunner().invoke(cli, ["demo", "--quick", "-o", str(out)])
     assert again.exit_code == 1 and "--overwrite" in again.output
     assert (out / "README.md").is_file()
-    assert json.loads((out / "results.json").read_text())
+    rows = {r["key"]: r for r in json.loads((out / "results.json").read_text())["tables"][0]["rows"]}
+    assert set(rows) == {"torch", "openvino-f32", "openvino-default", "openvino-int8", "openvino-pruned-int8"}
+    # accuracy against the ground truth, not timing: compression must not cost the denoiser its job
+    fp32 = rows["torch"]["accuracy"]
+    assert fp32 >= 0.95
+    assert abs(rows["openvino-f32"]["accuracy"] - fp32) < 1e-3
+    assert abs(rows["openvino-int8"]["accuracy"] - fp32) < 0.01
+    assert abs(rows["openvino-pruned-int8"]["accuracy"] - fp32) < 0.02
+    assert rows["openvino-pruned-int8"]["parameters"] < rows["torch"]["parameters"] / 2
+    assert rows["openvino-default"]["precision"].startswith("fp32 IR, runs ")
+
+
+def test_table_ratios_and_format():
+    from ebai.adapters.tasks._benchmark import Row, TaskTable
+    from ebai.adapters.tasks._report import format_table
+
+    def row(key, latency, energy, device="CPU"):
+        return Row(key, key, device, "fp32", latency, latency, energy, 0.9, 1.0, 1.0, 10)
+
+    table = TaskTable(
+        task="t",
+        title="T",
+        metric="pearson",
+        tile=(8, 8),
+        volume=(16, 16),
+        rows=[
+            row("torch", 0.4, 8.0),
+            row("openvino-f32", 0.2, 4.0),
+            row("openvino-default", 0.1, 2.0),
+            row("openvino-int8", 0.05, 1.0),
+            row("tensorrt-int8", 0.01, 0.5, "GPU"),
+        ],
+        energy_label="estimated",
+        energy_source="test",
+        settings={"rounds": 3},
+        machine={},
+    )
+    int8 = table.row("openvino-int8")
+    assert table.speedup(int8, "torch") == pytest.approx(8.0)
+    assert table.speedup(int8, "openvino-f32") == pytest.approx(4.0)
+    assert table.energy_saving(int8, "openvino-default") == pytest.approx(2.0)
+    gpu = table.row("tensorrt-int8")
+    assert table.speedup(gpu, "openvino-f32") is None  # GPU rows are not compared with CPU engines
+    text = format_table(table)
+    assert "energy/tile (estimated)" in text and "8.0x" in text and "4.0x" in text
+    assert len(text.splitlines()) == 2 + len(table.rows)

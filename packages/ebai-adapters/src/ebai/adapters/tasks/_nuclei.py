@@ -35,7 +35,7 @@ class NucleiTask(Task):
     name = "nuclei"
     title = "2D nuclei instance segmentation (cellpose CPnet)"
     metric = "ap50"
-    min_metric = 0.8
+    min_metric = 0.9
     axes = "bcyx"
     out_channels = 3
     tile = (128, 128)
@@ -47,7 +47,7 @@ class NucleiTask(Task):
     test_count = 4
     stream = 2
     requires = ("torch", "cellpose", "fastremap", "safetensors")
-    install = "pip install 'ebai-adapters[cellpose]'"
+    install = "pip install 'ebai-adapters[cellpose,tasks]'"
     guard_metric = "ap50"
     guard_thresholds = (0.8, 0.7)
     plan = TrainingPlan(samples=64, shape=(128, 128), crop=(96, 96), steps=800, batch=8, lr=2e-3)

@@ -11,5 +11,5 @@ task = PluginSpec(
     package="ebai-adapters",
     target="ebai.adapters.tasks._adapter:TaskAdapter",
     requires=("torch", "monai", "safetensors"),
-    install="pip install 'ebai-adapters[monai]'",
+    install="pip install 'ebai-adapters[tasks]'",
 )

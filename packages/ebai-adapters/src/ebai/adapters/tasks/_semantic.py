@@ -53,7 +53,7 @@ class SemanticTask(Task):
     stream = 4
     guard_metric = "dice"
     guard_thresholds = (0.9, 0.8)
-    plan = TrainingPlan(samples=32, shape=(32, 64, 64), crop=(16, 48, 48), steps=500, batch=2, lr=2e-3)
+    plan = TrainingPlan(samples=32, shape=(32, 64, 64), crop=(16, 48, 48), steps=1000, batch=2, lr=2e-3)
 
     def _sample(self, seed: int, index: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         rng = syn.sample_rng(seed, index, self.stream)
@@ -82,7 +82,7 @@ class SemanticTask(Task):
             level = rng.uniform(0.05, 0.2) if lacuna else rng.uniform(0.65, 0.95)
             signal[box] = signal[box] * (1.0 - soft) + soft * level
         clean = syn.gaussian_blur(signal, (1.2, 0.8, 0.8))
-        image = syn.poisson_gaussian(rng, clean, photons=rng.uniform(15.0, 40.0), read_noise=0.03)
+        image = syn.poisson_gaussian(rng, clean, photons=rng.uniform(30.0, 80.0), read_noise=0.02)
         return image[None], labels
 
     def build_model(self) -> Any:

@@ -117,7 +117,7 @@ class Task(ABC):
     stream: ClassVar[int]
     plan: ClassVar[TrainingPlan]
     requires: ClassVar[tuple[str, ...]] = ("torch", "monai", "safetensors")
-    install: ClassVar[str] = "pip install 'ebai-adapters[monai]'"
+    install: ClassVar[str] = "pip install 'ebai-adapters[tasks]'"
     guard_metric: ClassVar[str] = "pearson"
     guard_thresholds: ClassVar[tuple[float, float]] = (0.95, 0.9)
 

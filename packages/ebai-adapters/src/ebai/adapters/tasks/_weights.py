@@ -47,20 +47,33 @@ def shipped_weights(task: str) -> Path:
 def save_weights(module: Any, path: Path | str, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``module``'s state dict to ``path`` as safetensors, floats in float16, atomically.
 
-    ``metadata`` (JSON-ready) is stored in the file's header, e.g. how the weights were trained.
+    A tensor the module registers under several names (MONAI's DynUNet lists its blocks twice) is
+    stored once, the other names recorded as aliases in the header. ``metadata`` (JSON-ready) is
+    stored in the header too, e.g. how the weights were trained.
     """
     import torch
 
     from ebai.core.files import atomic_file
 
     st = _safetensors_torch()
-    state = {}
+    state: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple[int, tuple[int, ...], str], str] = {}
     for key, value in module.state_dict().items():
+        ident = (value.data_ptr(), tuple(value.shape), str(value.dtype))
+        if value.numel() and ident in first:
+            aliases[key] = first[ident]
+            continue
+        first[ident] = key
         tensor = value.detach().cpu()
         if tensor.is_floating_point():
             tensor = tensor.to(torch.float16)
         state[key] = tensor.contiguous().clone()
-    header = {"format": _FORMAT, "metadata": json.dumps(dict(metadata or {}), sort_keys=True)}
+    header = {
+        "format": _FORMAT,
+        "metadata": json.dumps(dict(metadata or {}), sort_keys=True),
+        "aliases": json.dumps(aliases, sort_keys=True),
+    }
     path = Path(path)
     with atomic_file(path, overwrite=True) as tmp:
         st.save_file(state, str(tmp), metadata=header)
@@ -83,8 +96,13 @@ def load_into(module: Any, task: str, path: Path | str | None = None) -> None:
     """Load the weights of ``task`` (the shipped file, or ``path``) into ``module``, floats as float32."""
     st = _safetensors_torch()
     path = shipped_weights(task) if path is None else Path(path)
+    from safetensors import safe_open
+
     try:
         state = st.load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            aliases = json.loads((fh.metadata() or {}).get("aliases", "{}"))
+        state.update({alias: state[key] for alias, key in aliases.items()})
     except Exception as exc:
         msg = f"weights file {str(path)!r} cannot be read ({exc}): reinstall ebai-adapters"
         raise ArtifactError(msg) from exc
