@@ -98,3 +98,24 @@ def test_monai_unet_with_prelu_and_basicunet_with_inplace_activations():
     # in-place flags are restored on the pruned copy
     assert any(getattr(m, "inplace", False) for m in result.model.modules())
     del monai
+
+
+def test_scalar_parameters_outside_layers_are_left_alone(recwarn):
+    """cellpose's CPnet holds ``diam_mean`` as a bare one-value parameter: not a channel, not pruned, no warning."""
+
+    class WithScale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 1, 3, padding=1)
+            )
+            self.scale = torch.nn.Parameter(torch.full((1,), 17.0), requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x) * self.scale
+
+    result = prune(WithScale(), torch.zeros(1, 1, 16, 16), ratio=0.5)
+    assert result.model.body[0].out_channels == 8
+    assert result.model.scale.shape == (1,) and float(result.model.scale) == 17.0
+    assert not result.model.scale.requires_grad
+    assert not [w for w in recwarn if "Unwrapped parameters" in str(w.message)]

@@ -266,6 +266,20 @@ def _prelu_pruner(model: Any, example: Any) -> dict[Any, Any]:
     return {torch.nn.PReLU: SharedSlopePReLUPruner(channels)}
 
 
+def _loose_scalars(model: Any) -> list[Any]:
+    """Single-value parameters held by container modules (cellpose's ``diam_mean``), not by a layer.
+
+    Torch-Pruning finds them outside any layer it knows and warns that it may prune them; a single
+    value has no channel to prune, so they are declared and ignored instead.
+    """
+    loose = []
+    for module in model.modules():
+        if next(module.children(), None) is None:
+            continue  # a layer: its parameters belong to its pruner
+        loose.extend(p for p in module.parameters(recurse=False) if p.numel() == 1)
+    return loose
+
+
 def _channels(model: Any) -> dict[str, int]:
     torch = _torch()
     out = {}
@@ -356,6 +370,7 @@ def prune(
                     if _prunable(sub):
                         ratio_dict[sub] = value
         customized = _prelu_pruner(net, example)
+        scalars = _loose_scalars(net)
         try:
             pruner = tp.pruner.BasePruner(
                 net,
@@ -365,7 +380,8 @@ def prune(
                 pruning_ratio_dict=ratio_dict or None,
                 global_pruning=bool(global_pruning),
                 max_pruning_ratio=_MAX_LAYER_RATIO if global_pruning else 1.0,
-                ignored_layers=list(ignored.values()),
+                ignored_layers=[*ignored.values(), *scalars],
+                unwrapped_parameters=[(p, 0) for p in scalars] or None,
                 round_to=int(round_to) if int(round_to) > 1 else None,
                 customized_pruners=customized or None,
             )
