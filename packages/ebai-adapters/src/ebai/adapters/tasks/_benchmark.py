@@ -33,7 +33,7 @@ from ebai.adapters.tasks._task import CALIBRATION_SEED, TEST_SEED, Task
 from ebai.core.errors import MissingDependencyError
 from ebai.core.progress import progress
 
-__all__ = ["BASELINES", "BenchSettings", "Row", "TaskTable", "measure_task", "require_compression"]
+__all__ = ["BASELINES", "BenchSettings", "Row", "TaskTable", "distill_steps", "measure_task", "require_compression"]
 
 logger = logging.getLogger("ebai")
 
@@ -295,12 +295,17 @@ class _Variant:
     close: Callable[[], None] = lambda: None
 
 
+def distill_steps(task: Task, settings: BenchSettings) -> int:
+    """Distillation budget for ``task``: the settings' steps, never fewer than the task needs."""
+    return max(int(settings.distill_steps), int(task.min_distill_steps))
+
+
 def _recipe(task: Task, settings: BenchSettings, *, pruned: bool, targets: dict[str, str]) -> Any:
     from ebai.compress import CalibrationSettings, FidelitySettings, FineTuneSettings, PruneSettings, Recipe
 
     if pruned:
         prune = PruneSettings(method=settings.prune_method, ratio=settings.prune_ratio)
-        fine_tune = FineTuneSettings(method="distill", steps=settings.distill_steps, eval_every=10, patience=6)
+        fine_tune = FineTuneSettings(method="distill", steps=distill_steps(task, settings), eval_every=10, patience=6)
     else:
         prune = PruneSettings(method="none")
         fine_tune = FineTuneSettings(method="none", steps=0)
@@ -409,7 +414,7 @@ def _variants(
     ratio = f"{settings.prune_ratio:.0%}"
     status(
         f"[{task.name}] compressing: prune {ratio} of channels ({settings.prune_method.upper()}), "
-        f"distil up to {settings.distill_steps} steps, int8"
+        f"distil up to {distill_steps(task, settings)} steps, int8"
     )
     art_pruned = compress(
         adapter, data, _recipe(task, settings, pruned=True, targets=int8_targets), workdir / "pruned.ebai"

@@ -42,6 +42,8 @@ class LabelFreeTask(Task):
     stream = 3
     requires = ("torch", "safetensors")
     install = "pip install 'ebai-adapters[tasks]'"
+    # pruned 50%, Pearson to the original after distillation: 0.70 at 40 steps, 0.85 at 200, 0.92 at 300, 0.94 at 500
+    min_distill_steps = 400
     plan = TrainingPlan(samples=24, shape=(32, 96, 96), crop=(16, 64, 64), steps=1500, batch=2, lr=2e-3)
 
     def _sample(self, seed: int, index: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,8 @@ class NucleiTask(Task):
     install = "pip install 'ebai-adapters[cellpose,tasks]'"
     guard_metric = "ap50"
     guard_thresholds = (0.8, 0.7)
+    # pruned 50%: AP50 vs the original 0.0 after 40 distillation steps, 0.96 after 150, 0.97 after 400
+    min_distill_steps = 150
     plan = TrainingPlan(samples=64, shape=(128, 128), crop=(96, 96), steps=800, batch=8, lr=2e-3)
 
     def _cellpose_adapter(self) -> Any:

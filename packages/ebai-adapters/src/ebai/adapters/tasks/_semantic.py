@@ -53,6 +53,9 @@ class SemanticTask(Task):
     stream = 4
     guard_metric = "dice"
     guard_thresholds = (0.9, 0.8)
+    # pruned 50%: Dice vs ground truth 0.80 (fp32 0.89) after 40 distillation steps; Pearson of the
+    # logits to the original 0.82 at 40 steps, 0.88 at 100
+    min_distill_steps = 150
     plan = TrainingPlan(samples=32, shape=(32, 64, 64), crop=(16, 48, 48), steps=1000, batch=2, lr=2e-3)
 
     def _sample(self, seed: int, index: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

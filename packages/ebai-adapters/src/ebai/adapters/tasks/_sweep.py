@@ -26,6 +26,7 @@ from ebai.adapters.tasks._benchmark import (
     _accuracy_pass,
     _recipe,
     _Variant,
+    distill_steps,
     held_out_volume,
     machine,
     require_compression,
@@ -220,7 +221,7 @@ def run_sweep(
                 folder = work / f"{method}-{ratio:g}.ebai"
                 if ratio > 0:
                     say(
-                        f"[{task.name}] {method.upper()} {ratio:.0%}: prune, distil {settings.distill_steps} steps, int8"
+                        f"[{task.name}] {method.upper()} {ratio:.0%}: prune, distil {distill_steps(task, point_settings)} steps, int8"
                     )
                     recipe = _recipe(task, point_settings, pruned=True, targets={"openvino": "int8"})
                     recipe = recipe.updated({"fidelity": {"threshold": _SWEEP_GUARD}})

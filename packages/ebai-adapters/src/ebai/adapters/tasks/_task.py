@@ -98,6 +98,9 @@ class Task(ABC):
         What ``ebai compress``'s accuracy guard checks a compressed network by (against the
         original network's output, on held-out tiles) and its lowest accepted value, for a
         quantized network and for a pruned, distilled and quantized one.
+    min_distill_steps
+        Fewest distillation steps a pruned network of this task needs before its guard can pass;
+        quick modes never go below it (cellpose's flows need about 150, the U-Nets far fewer).
     """
 
     name: ClassVar[str]
@@ -120,6 +123,7 @@ class Task(ABC):
     install: ClassVar[str] = "pip install 'ebai-adapters[tasks]'"
     guard_metric: ClassVar[str] = "pearson"
     guard_thresholds: ClassVar[tuple[float, float]] = (0.95, 0.9)
+    min_distill_steps: ClassVar[int] = 0
 
     def check_available(self) -> None:
         """Raise :class:`~ebai.core.MissingDependencyError` with the install line if a needed module is missing."""
