@@ -80,3 +80,15 @@ def test_table_ratios_and_format():
     text = format_table(table)
     assert "energy/tile (estimated)" in text and "8.0x" in text and "4.0x" in text
     assert len(text.splitlines()) == 2 + len(table.rows)
+
+
+def test_quick_mode_never_distils_below_what_a_task_needs():
+    from ebai.adapters.tasks import get_task
+    from ebai.adapters.tasks._benchmark import BenchSettings, distill_steps
+
+    quick, full = BenchSettings.quick(), BenchSettings.full()
+    assert distill_steps(get_task("denoising"), quick) == quick.distill_steps < full.distill_steps
+    for name in ("nuclei", "labelfree", "semantic"):
+        task = get_task(name)
+        assert distill_steps(task, quick) == task.min_distill_steps > quick.distill_steps
+        assert distill_steps(task, full) >= full.distill_steps
