@@ -269,3 +269,25 @@ def test_missing_file_gives_artifact_error(tmp_path) -> None:
 
     with pytest.raises(ArtifactError, match="missing"):
         OpenVINOBackend().load(Path(tmp_path), Lowering("openvino", "fp32", ("model.xml", "model.bin"), "model.xml"))
+
+
+def test_nncf_progress_bars_follow_ebai_progress(monkeypatch, capfd) -> None:
+    """EBAI_PROGRESS=0 silences NNCF's bars as well as ebai's; rich's console is restored after."""
+    import openvino as ov
+    import rich
+    from openvino import opset13 as ops
+
+    from ebai.openvino import _quantization as q
+
+    param = ops.parameter([1, 4, 8, 8], ov.Type.f32)
+    weights = ops.constant(np.random.default_rng(0).normal(size=(8, 4, 3, 3)).astype(np.float32))
+    conv = ops.convolution(param, weights, [1, 1], [1, 1], [1, 1], [1, 1])
+    model = ov.Model([ops.relu(conv)], [param])
+    samples = [np.random.default_rng(i).normal(size=(1, 4, 8, 8)).astype(np.float32) for i in range(3)]
+    monkeypatch.setenv("EBAI_PROGRESS", "0")
+    capfd.readouterr()
+    quantized = q.quantize(model, samples, q.QuantizeOptions({}, len(samples)))
+    out, err = capfd.readouterr()
+    assert q.count_fake_quantize(quantized) > 0
+    assert "Statistics collection" not in out + err
+    assert rich.get_console().quiet is False

@@ -11,12 +11,16 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["progress"]
+__all__ = ["progress", "progress_enabled"]
 
 T = TypeVar("T")
 
 
-def _enabled() -> bool:
+def progress_enabled() -> bool:
+    """Whether progress bars are shown: ``EBAI_PROGRESS`` if set, else whether stderr is a terminal.
+
+    Other libraries' bars (NNCF's) follow the same switch, so one setting quiets them all.
+    """
     flag = os.environ.get("EBAI_PROGRESS")
     if flag is not None:
         return flag not in ("0", "false", "no", "")
@@ -30,5 +34,12 @@ def progress(
     from tqdm.auto import tqdm
 
     yield from tqdm(
-        iterable, desc=desc, total=total, unit=unit, disable=not _enabled(), file=sys.stderr, leave=False, **kwargs
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        disable=not progress_enabled(),
+        file=sys.stderr,
+        leave=False,
+        **kwargs,
     )

@@ -113,15 +113,34 @@ def split_samples(batches: Sequence[np.ndarray], what: str = "calibration") -> l
 
 @contextlib.contextmanager
 def _quiet_nncf() -> Iterator[None]:
-    """Keep NNCF's INFO chatter out of the user's terminal unless ebai runs with --debug."""
+    """Keep NNCF's INFO chatter out of the user's terminal unless ebai runs with --debug.
+
+    NNCF draws its progress bars on rich's global console; while ebai's own bars are off
+    (``EBAI_PROGRESS=0``, or stderr not a terminal) that console is muted too, then restored.
+    """
+    from ebai.core.progress import progress_enabled
+
     log = logging.getLogger("nncf")
     old = log.level
     if not logging.getLogger("ebai").isEnabledFor(logging.DEBUG):
         log.setLevel(logging.WARNING)
+    console = None
+    if not progress_enabled():
+        try:
+            import rich
+
+            console = rich.get_console()
+        except ImportError:  # NNCF without rich draws no bars
+            console = None
+    was_quiet = console.quiet if console is not None else False
+    if console is not None:
+        console.quiet = True
     try:
         yield
     finally:
         log.setLevel(old)
+        if console is not None:
+            console.quiet = was_quiet
 
 
 def count_fake_quantize(model: Any) -> int:
