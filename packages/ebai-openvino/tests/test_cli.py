@@ -124,6 +124,12 @@ def test_run_applies_the_adapters_postprocessing(artifact_2d, tmp_path, monkeypa
     import ebai.core.commands.run as run_module
 
     class Thresholds:
+        seen: list[tuple[int, ...]] = []
+
+        def preprocess(self, sample: np.ndarray) -> np.ndarray:
+            self.seen.append(sample.shape)
+            return np.zeros_like(sample, dtype=np.float32)  # the engine must see this, not the image
+
         def postprocess(self, output: np.ndarray) -> np.ndarray:
             return (output.argmax(axis=0) + 1).astype(np.uint16)
 
@@ -132,8 +138,17 @@ def test_run_applies_the_adapters_postprocessing(artifact_2d, tmp_path, monkeypa
     np.save(image, smooth_noise((1, 2, 40, 40), 5)[0])
     result = invoke("run", artifact_2d[0], image, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
+    assert Thresholds.seen == [(2, 40, 40)]
     labels = tifffile.imread(tmp_path / "out" / "img.tif")
     assert labels.dtype == np.uint16 and labels.shape == (40, 40) and set(np.unique(labels)) <= {1, 2, 3}
+    other = tmp_path / "other.npy"
+    np.save(other, smooth_noise((1, 2, 40, 40), 9)[0])
+    raw = invoke("run", artifact_2d[0], image, other, "-o", tmp_path / "raw", "--raw")
+    assert raw.exit_code == 0, raw.output
+    assert len(Thresholds.seen) == 3
+    a, b = tifffile.imread(tmp_path / "raw" / "img.tif"), tifffile.imread(tmp_path / "raw" / "other.tif")
+    assert a.dtype == np.float32 and a.shape == (3, 40, 40)
+    np.testing.assert_array_equal(a, b)  # both images became zeros: the engine ran on preprocess's output
 
 
 def test_run_warns_when_the_adapter_is_not_installed(plain_artifact, big_tiff, tmp_path) -> None:

@@ -76,9 +76,10 @@ def run(
 ) -> None:
     """Run ARTIFACT on INPUTS (TIFF/PNG/NPY files, folders or globs) and write TIFFs to -o.
 
-    Each image is normalised as the artifact's input spec says, cut into overlapping tiles, run
-    through the compiled model and blended back; the adapter's post-processing (e.g. masks) is
-    applied when the adapter the artifact was made with is installed. Each prediction is written
+    Each image is prepared by the adapter the artifact was made with (its preprocessing, as during
+    compression) when that adapter is installed, otherwise normalised as the artifact's input spec
+    records; then cut into overlapping tiles, run through the compiled model and blended back, and
+    finished by the adapter's post-processing (e.g. masks) unless --raw. Each prediction is written
     atomically under the input's name, so an interrupted run leaves no partial file and a rerun
     skips what is done.
     """
@@ -107,13 +108,14 @@ def run(
         click.echo(f"all {len(paths)} predictions already exist in {out_dir} (pass --overwrite to redo them)", err=True)
         return
 
-    post = None
-    if not raw:
-        adapter, why = load_adapter(art.manifest.source)
-        if adapter is not None:
-            post = adapter.postprocess
-        elif art.manifest.source.get("adapter"):
-            click.echo(f"warning: {why}: writing the raw model output", err=True)
+    # the adapter the artifact was made with prepares inputs (and, unless --raw, finishes outputs)
+    # exactly as during compression; without it, the normalisation the manifest records stands in
+    adapter, why = load_adapter(art.manifest.source)
+    pre = adapter.preprocess if adapter is not None else spec.normalization.apply
+    post = adapter.postprocess if adapter is not None and not raw else None
+    if adapter is None and art.manifest.source.get("adapter"):
+        lost = "" if raw else " and writing the raw model output"
+        click.echo(f"warning: {why}: normalising with the artifact's recorded settings{lost}", err=True)
 
     with art.load_engine(record.backend, record.precision, **opts) as engine:
         runs_as = getattr(engine, "execution_precision", "")
@@ -123,7 +125,7 @@ def run(
             err=True,
         )
         for path, dest in progress(todo, desc="images", unit="image"):
-            sample = spec.normalization.apply(to_sample(read_image(path), spec))
+            sample = np.asarray(pre(to_sample(read_image(path), spec)), dtype=np.float32)
             output = predict_tiled(
                 sample,
                 engine,
