@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ebai.adapters.tasks import _synthetic as syn
-from ebai.adapters.tasks._task import Task, TrainingPlan, standardize
+from ebai.adapters.tasks._task import PearsonTask, TrainingPlan
 from ebai.core.specs import Normalization
 
 __all__ = ["DenoisingTask"]
@@ -37,12 +37,11 @@ UNET_ARGS: dict[str, Any] = {
 _PSF_SIGMA = (1.2, 0.9, 0.9)
 
 
-class DenoisingTask(Task):
+class DenoisingTask(PearsonTask):
     """3D denoising: noisy fluorescence volume in, clean volume out; Pearson to ground truth."""
 
     name = "denoising"
     title = "3D denoising (MONAI UNet)"
-    metric = "pearson"
     min_metric = 0.975
     axes = "bczyx"
     tile = (32, 128, 128)
@@ -81,19 +80,3 @@ class DenoisingTask(Task):
         from monai.networks.nets import UNet
 
         return UNet(**UNET_ARGS)
-
-    def score(self, prediction: np.ndarray, target: np.ndarray) -> float:
-        """Pearson correlation of the denoised volume with the clean ground truth."""
-        from ebai.core.metrics import pearson
-
-        return pearson(prediction, target)
-
-    def training_target(self, target: np.ndarray) -> np.ndarray:
-        """Return the ground truth standardised (see :func:`~ebai.adapters.tasks._task.standardize`)."""
-        return standardize(target)
-
-    def loss(self, output: Any, target: Any) -> Any:
-        """Mean squared error to the standardised clean volume."""
-        import torch
-
-        return torch.nn.functional.mse_loss(output, target)

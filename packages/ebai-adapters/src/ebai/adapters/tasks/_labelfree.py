@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ebai.adapters.tasks import _synthetic as syn
-from ebai.adapters.tasks._task import Task, TrainingPlan, standardize
+from ebai.adapters.tasks._task import PearsonTask, TrainingPlan
 from ebai.core.specs import Normalization
 
 __all__ = ["LabelFreeTask"]
@@ -25,12 +25,11 @@ __all__ = ["LabelFreeTask"]
 FNET_ARGS: dict[str, Any] = {"in_channels": 1, "out_channels": 1, "base": 16, "depth": 2}
 
 
-class LabelFreeTask(Task):
+class LabelFreeTask(PearsonTask):
     """Label-free prediction: transmitted-light volume in, nuclear stain out; Pearson to ground truth."""
 
     name = "labelfree"
     title = "3D label-free prediction (fnet-style)"
-    metric = "pearson"
     min_metric = 0.9
     axes = "bczyx"
     tile = (32, 64, 64)
@@ -90,19 +89,3 @@ class LabelFreeTask(Task):
         from ebai.adapters.tasks._fnet import FNet3D
 
         return FNet3D(**FNET_ARGS)
-
-    def score(self, prediction: np.ndarray, target: np.ndarray) -> float:
-        """Pearson correlation of the predicted with the true stain."""
-        from ebai.core.metrics import pearson
-
-        return pearson(prediction, target)
-
-    def training_target(self, target: np.ndarray) -> np.ndarray:
-        """Return the ground truth standardised (see :func:`~ebai.adapters.tasks._task.standardize`)."""
-        return standardize(target)
-
-    def loss(self, output: Any, target: Any) -> Any:
-        """Mean squared error to the standardised true stain."""
-        import torch
-
-        return torch.nn.functional.mse_loss(output, target)

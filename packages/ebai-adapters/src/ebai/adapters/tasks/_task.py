@@ -18,7 +18,7 @@ import numpy as np
 from ebai.core.errors import InputError, MissingDependencyError
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
-__all__ = ["CALIBRATION_SEED", "TEST_SEED", "TRAIN_SEED", "Task", "TrainingPlan", "standardize"]
+__all__ = ["CALIBRATION_SEED", "TEST_SEED", "TRAIN_SEED", "PearsonTask", "Task", "TrainingPlan", "standardize"]
 
 #: Seeds of the three disjoint synthetic sets: training, held-out test, and the "user's own
 #: images" the demo calibrates and distils on.
@@ -241,3 +241,28 @@ class Task(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {self.title}>"
+
+
+class PearsonTask(Task):
+    """An image-to-image task (denoising, label-free), scored by Pearson to the ground truth.
+
+    Trained by MSE to the standardised ground truth: Pearson ignores the scale standardising removes.
+    """
+
+    metric = "pearson"
+
+    def score(self, prediction: np.ndarray, target: np.ndarray) -> float:
+        """Pearson correlation of the predicted with the true image."""
+        from ebai.core.metrics import pearson
+
+        return pearson(prediction, target)
+
+    def training_target(self, target: np.ndarray) -> np.ndarray:
+        """Return the ground truth standardised (see :func:`standardize`)."""
+        return standardize(target)
+
+    def loss(self, output: Any, target: Any) -> Any:
+        """Mean squared error to the standardised ground truth."""
+        import torch
+
+        return torch.nn.functional.mse_loss(output, target)
