@@ -10,7 +10,9 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,6 +27,34 @@ def _status(message: str) -> None:
 
 def _command_line() -> str:
     return "ebai " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _report_options(default: str, help_output: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the report-folder, ``--overwrite`` and ``--no-energy`` options every command here takes."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option("--no-energy", is_flag=True, help="Skip the energy measurement.")(command)
+        command = click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")(command)
+        return click.option(
+            "-o",
+            "--output",
+            type=click.Path(path_type=Path),
+            default=Path(default),
+            show_default=True,
+            help=help_output,
+        )(command)
+
+    return decorate
+
+
+def _echo_table(table: Any) -> None:
+    from ebai.adapters.tasks._report import format_table
+
+    click.echo()
+    click.echo(
+        f"{table.title}: held-out volume {'x'.join(map(str, table.volume))}, tile {'x'.join(map(str, table.tile))}"
+    )
+    click.echo(format_table(table))
 
 
 def _split(value: str, what: str) -> list[str]:
@@ -52,16 +82,7 @@ def _ratios(value: str) -> list[float]:
 
 @click.command()
 @click.option("--quick", is_flag=True, help="CI mode: smaller volume, fewer rounds and distillation steps (< 2 min).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=Path("ebai-demo-report"),
-    show_default=True,
-    help="Report folder (markdown, PNG plots, JSON), written atomically.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
-@click.option("--no-energy", is_flag=True, help="Skip the energy measurement.")
+@_report_options("ebai-demo-report", "Report folder (markdown, PNG plots, JSON), written atomically.")
 def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     """Compress the built-in 3D denoiser and print the paper's Table 1 for it.
 
@@ -72,7 +93,7 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     """
     from ebai.adapters.tasks._benchmark import BenchSettings, measure_task, require_compression
     from ebai.adapters.tasks._registry import get_task
-    from ebai.adapters.tasks._report import format_table, write_report
+    from ebai.adapters.tasks._report import write_report
     from ebai.core.files import check_output
 
     check_output(output, overwrite)
@@ -81,11 +102,7 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     settings = BenchSettings.quick(volume=(32, 160, 160)) if quick else BenchSettings.full(volume=(48, 192, 192))
     started = time.perf_counter()
     table = measure_task(task, settings, energy=not no_energy, status=_status)
-    click.echo()
-    click.echo(
-        f"{table.title}: held-out volume {'x'.join(map(str, table.volume))}, tile {'x'.join(map(str, table.tile))}"
-    )
-    click.echo(format_table(table))
+    _echo_table(table)
     click.echo(f"energy: {table.energy_label} ({table.energy_source})")
     folder, images = write_report(
         output,
@@ -103,16 +120,7 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     "--tasks", default="denoising,nuclei,labelfree,semantic", show_default=True, help="Comma-separated task names."
 )
 @click.option("--quick", is_flag=True, help="Fewer images, rounds and distillation steps.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=Path("ebai-report"),
-    show_default=True,
-    help="Report folder, written atomically.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
-@click.option("--no-energy", is_flag=True, help="Skip the energy measurement.")
+@_report_options("ebai-report", "Report folder, written atomically.")
 def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     """Measure the paper's Table 1 over the reference tasks: latency, energy, accuracy before and after compression.
 
@@ -120,7 +128,7 @@ def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bo
     """
     from ebai.adapters.tasks._benchmark import BenchSettings, measure_task, require_compression
     from ebai.adapters.tasks._registry import get_task
-    from ebai.adapters.tasks._report import format_table, write_report
+    from ebai.adapters.tasks._report import write_report
     from ebai.core.files import check_output
 
     check_output(output, overwrite)
@@ -134,11 +142,7 @@ def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bo
     for task in chosen:
         table = measure_task(task, settings, energy=not no_energy, status=_status)
         tables.append(table)
-        click.echo()
-        click.echo(
-            f"{table.title}: held-out volume {'x'.join(map(str, table.volume))}, tile {'x'.join(map(str, table.tile))}"
-        )
-        click.echo(format_table(table))
+        _echo_table(table)
     if tables:
         click.echo(f"energy: {tables[-1].energy_label} ({tables[-1].energy_source})")
     folder, images = write_report(
@@ -156,16 +160,7 @@ def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bo
 @click.option("--methods", default="l1,l2,fpgm", show_default=True, help="Pruning criteria.")
 @click.option("--ratios", default="0.1,0.3,0.5,0.7", show_default=True, help="Fractions of channels removed.")
 @click.option("--quick", is_flag=True, help="Fewer distillation steps and rounds.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=Path("ebai-sweep"),
-    show_default=True,
-    help="Report folder, written atomically.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
-@click.option("--no-energy", is_flag=True, help="Skip the energy measurement.")
+@_report_options("ebai-sweep", "Report folder, written atomically.")
 def sweep(
     task_name: str, methods: str, ratios: str, quick: bool, output: Path, overwrite: bool, no_energy: bool
 ) -> None:
