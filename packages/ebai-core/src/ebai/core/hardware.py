@@ -10,9 +10,10 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["CpuInfo", "cpu_info", "nvidia_gpus"]
+__all__ = ["CpuInfo", "GpuRecord", "cpu_info", "nvidia_gpus", "query_gpus"]
 
 #: /proc/cpuinfo flag -> name shown to users, in the order shown.
 _FEATURES = {
@@ -56,11 +57,29 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
     return CpuInfo(model=model, cores=os.cpu_count() or 1, features=features)
 
 
-def nvidia_gpus() -> list[str]:
-    """Names and driver versions of NVIDIA GPUs (through nvidia-smi), empty when none."""
+@dataclass(frozen=True)
+class GpuRecord:
+    """One NVIDIA GPU as ``nvidia-smi`` reports it."""
+
+    name: str
+    compute_capability: str
+    driver: str
+
+    def describe(self) -> str:
+        """Short text for messages: ``NVIDIA H100 (compute 9.0, driver 570.86.15)``."""
+        return f"{self.name} (compute {self.compute_capability}, driver {self.driver})"
+
+
+@lru_cache(maxsize=1)
+def query_gpus() -> tuple[GpuRecord, ...] | None:
+    """NVIDIA GPUs listed by ``nvidia-smi``; ``None`` when nvidia-smi is absent or fails.
+
+    Cached for the process: ``ebai info``, the TensorRT backend's availability check and the
+    benchmarks may all ask, and nvidia-smi takes tens of milliseconds.
+    """
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return []
+        return None
     try:
         out = subprocess.run(
             [smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
@@ -70,10 +89,15 @@ def nvidia_gpus() -> list[str]:
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
+        return None
     gpus = []
     for line in out.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            gpus.append(f"{parts[0]} (compute {parts[1]}, driver {parts[2]})")
-    return gpus
+        if len(parts) == 3 and parts[0]:
+            gpus.append(GpuRecord(*parts))
+    return tuple(gpus)
+
+
+def nvidia_gpus() -> list[str]:
+    """Names and driver versions of NVIDIA GPUs (through nvidia-smi), empty when none."""
+    return [gpu.describe() for gpu in query_gpus() or ()]

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
-from functools import lru_cache
 
+from ebai.core.hardware import GpuRecord, query_gpus
 from ebai.core.plugins import PluginSpec
 
 __all__ = ["INSTALL", "GpuRecord", "backend", "details", "installed_cuda_major", "probe", "query_gpus"]
@@ -32,46 +29,6 @@ _TRT_DISTS = {
     13: ("tensorrt-cu13", "tensorrt-cu13-libs", "tensorrt-cu13-bindings"),
     12: ("tensorrt-cu12", "tensorrt-cu12-libs", "tensorrt-cu12-bindings"),
 }
-
-
-@dataclass(frozen=True)
-class GpuRecord:
-    """One NVIDIA GPU as ``nvidia-smi`` reports it."""
-
-    name: str
-    compute_capability: str
-    driver: str
-
-    def describe(self) -> str:
-        """Short text for messages: ``NVIDIA H100 (compute 9.0, driver 570.86.15)``."""
-        return f"{self.name} (compute {self.compute_capability}, driver {self.driver})"
-
-
-@lru_cache(maxsize=1)
-def query_gpus() -> tuple[GpuRecord, ...] | None:
-    """NVIDIA GPUs listed by ``nvidia-smi``; ``None`` when nvidia-smi is absent or fails.
-
-    Cached for the process: ``ebai info`` and ``get_backend`` may both ask.
-    """
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3 and parts[0]:
-            gpus.append(GpuRecord(*parts))
-    return tuple(gpus)
 
 
 def installed_cuda_major() -> int | None:
