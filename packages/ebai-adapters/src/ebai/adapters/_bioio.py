@@ -9,14 +9,14 @@ importing bioio only when such an image is met. Images come back channels first 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ebai.core.data import ImageFiles
 from ebai.core.errors import InputError, MissingDependencyError
-from ebai.core.imageio import IMAGE_SUFFIXES, read_image, to_sample
-from ebai.core.specs import InputSpec
+from ebai.core.imageio import IMAGE_SUFFIXES, read_image
 
 __all__ = ["BIOIO_SUFFIXES", "BioImageFiles", "list_bioimages", "read_bioimage"]
 
@@ -111,7 +111,7 @@ def _read_any(path: Path) -> np.ndarray:
     return read_bioimage(path)
 
 
-class BioImageFiles:
+class BioImageFiles(ImageFiles):
     """A :class:`ebai.core.DataSource` over OME-Zarr and other bioio-readable images.
 
     TIFF, PNG and NPY files are read by ``ebai.core`` as :class:`ebai.core.data.ImageFiles` does;
@@ -126,20 +126,5 @@ class BioImageFiles:
         The model input the samples are for (their channels and dimensions are checked).
     """
 
-    def __init__(self, inputs: Sequence[str | Path] | str | Path, spec: InputSpec) -> None:
-        self.paths = list_bioimages(inputs)
-        self.spec = spec
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for path in self.paths:
-            yield self.load(path)
-
-    def load(self, path: Path) -> np.ndarray:
-        """Read one image and bring it to the model's ``(C, *spatial)`` layout."""
-        return to_sample(_read_any(Path(path)), self.spec, what=Path(path).name)
-
-    def __repr__(self) -> str:
-        return f"BioImageFiles({len(self.paths)} images)"
+    find = staticmethod(list_bioimages)
+    read = staticmethod(_read_any)
