@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import click
 import yaml
 
 from ebai.core.artifact import Artifact
@@ -18,7 +19,7 @@ from ebai.core.plugins import ADAPTERS, get_adapter, plugin_names
 
 logger = logging.getLogger("ebai")
 
-__all__ = ["engine_options", "load_adapter", "parse_target", "pick_target"]
+__all__ = ["engine_option", "engine_options", "load_adapter", "parse_target", "pick_target"]
 
 
 def parse_target(value: str | None) -> tuple[str | None, str | None]:
@@ -33,6 +34,11 @@ def pick_target(artifact: Artifact, value: str | None) -> TargetRecord:
     """Return the target ``--target`` names, or the artifact's first (preferred) one."""
     backend, precision = parse_target(value)
     return artifact.target(backend, precision)
+
+
+def engine_option(help_text: str) -> Any:
+    """Declare the repeatable ``-O/--engine-option KEY=VALUE`` option, collected as ``options``."""
+    return click.option("-O", "--engine-option", "options", multiple=True, metavar="KEY=VALUE", help=help_text)
 
 
 def engine_options(pairs: Sequence[str]) -> dict[str, Any]:

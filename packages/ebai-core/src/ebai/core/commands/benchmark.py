@@ -21,7 +21,7 @@ import click
 import numpy as np
 
 from ebai.core.artifact import Artifact
-from ebai.core.commands._run_setup import engine_options, load_adapter
+from ebai.core.commands._run_setup import engine_option, engine_options, load_adapter
 from ebai.core.errors import EbaiError, InputError
 from ebai.core.specs import InputSpec
 
@@ -213,14 +213,7 @@ def _table(result: dict[str, Any]) -> str:
     help="Image whose centre tile is fed (default: synthetic).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic input.")
-@click.option(
-    "-O",
-    "--engine-option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Backend engine option for every row, repeatable (e.g. num_threads=2).",
-)
+@engine_option("Backend engine option for every row, repeatable (e.g. num_threads=2).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of the table.")
 def benchmark(
     artifact: Path,

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from ebai.core.artifact import Artifact
-from ebai.core.commands._run_setup import engine_options, load_adapter, pick_target
+from ebai.core.commands._run_setup import engine_option, engine_options, load_adapter, pick_target
 from ebai.core.errors import InputError
 from ebai.core.progress import progress
 
@@ -55,13 +55,8 @@ def output_name(path: Path) -> str:
     help="Tile overlap (default: the artifact's).",
 )
 @click.option("--raw", is_flag=True, help="Write the model output without the adapter's post-processing.")
-@click.option(
-    "-O",
-    "--engine-option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Backend engine option, repeatable (OpenVINO: num_threads=2, inference_precision=f32, performance_hint=throughput).",
+@engine_option(
+    "Backend engine option, repeatable (OpenVINO: num_threads=2, inference_precision=f32, performance_hint=throughput)."
 )
 def run(
     artifact: Path,
