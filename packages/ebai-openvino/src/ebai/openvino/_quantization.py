@@ -112,11 +112,27 @@ def split_samples(batches: Sequence[np.ndarray], what: str = "calibration") -> l
 
 
 @contextlib.contextmanager
+def _rich_muted() -> Iterator[None]:
+    """Mute rich's global console, where NNCF draws its progress bars, and restore it after."""
+    try:
+        import rich
+    except ImportError:  # NNCF without rich draws no bars
+        yield
+        return
+    console = rich.get_console()
+    was_quiet, console.quiet = console.quiet, True
+    try:
+        yield
+    finally:
+        console.quiet = was_quiet
+
+
+@contextlib.contextmanager
 def _quiet_nncf() -> Iterator[None]:
     """Keep NNCF's INFO chatter out of the user's terminal unless ebai runs with --debug.
 
-    NNCF draws its progress bars on rich's global console; while ebai's own bars are off
-    (``EBAI_PROGRESS=0``, or stderr not a terminal) that console is muted too, then restored.
+    NNCF's progress bars follow ebai's own: off with ``EBAI_PROGRESS=0`` or when stderr is not a
+    terminal.
     """
     from ebai.core.progress import progress_enabled
 
@@ -124,23 +140,11 @@ def _quiet_nncf() -> Iterator[None]:
     old = log.level
     if not logging.getLogger("ebai").isEnabledFor(logging.DEBUG):
         log.setLevel(logging.WARNING)
-    console = None
-    if not progress_enabled():
-        try:
-            import rich
-
-            console = rich.get_console()
-        except ImportError:  # NNCF without rich draws no bars
-            console = None
-    was_quiet = console.quiet if console is not None else False
-    if console is not None:
-        console.quiet = True
     try:
-        yield
+        with contextlib.nullcontext() if progress_enabled() else _rich_muted():
+            yield
     finally:
         log.setLevel(old)
-        if console is not None:
-            console.quiet = was_quiet
 
 
 def count_fake_quantize(model: Any) -> int:
