@@ -213,3 +213,36 @@ def test_cli_adapter_by_name_with_config(tmp_path, images2d, weights, ort_backen
 
     source = Artifact.open(tmp_path / "m.ebai").manifest.source
     assert source["adapter"] == "torch" and source["config"]["weights"] == str(weights.resolve())
+
+
+def test_cli_adapter_config_with_overrides_keeps_its_relative_paths(tmp_path, images2d, weights, ort_backend):
+    data = write_images(tmp_path / "data", images2d)
+    config = tmp_path / "adapter.yaml"
+    config.write_text(f"model: {NETS}:small2d\nweights: weights.pt\naxes: bcyx\nchannels: 1\ntile: [16, 16]\n")
+    args = ("--adapter", "torch", "--adapter-config", config, "--tile", "32,32", "--data", data, "--prune", "none")
+    result = run(*args, "--target", "ort", "-o", tmp_path / "m.ebai")
+    assert result.exit_code == 0, result.output
+    from ebai.core import Artifact
+
+    source = Artifact.open(tmp_path / "m.ebai").manifest.source
+    assert source["config"]["weights"] == str(weights.resolve()) and list(source["config"]["tile"]) == [32, 32]
+
+
+def test_cli_adapter_config_errors_are_one_line(tmp_path, images2d):
+    data = write_images(tmp_path / "data", images2d)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tile: [8\n")
+    for config, match in ((bad, "not valid YAML"), (tmp_path / "missing.yaml", "does not exist")):
+        result = run(
+            "--adapter",
+            "torch",
+            "--adapter-config",
+            config,
+            "--tile",
+            "32,32",
+            "--data",
+            data,
+            "-o",
+            tmp_path / "m.ebai",
+        )
+        assert result.exit_code == 1 and match in error_line(result)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ebai.core.configfile import load_yaml
 from ebai.core.errors import InputError
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
@@ -83,7 +84,7 @@ class Adapter(ABC):
     input_spec
         Layout, tile and normalisation of the network input.
     path_keys
-        Config keys holding file paths; :meth:`from_file` resolves them relative to the config file.
+        Config keys holding file paths; :meth:`read_config` resolves them relative to the config file.
     """
 
     name: ClassVar[str] = ""
@@ -166,22 +167,18 @@ class Adapter(ABC):
 
     @classmethod
     def from_file(cls, path: str | Path) -> Adapter:
-        """Build the adapter from a YAML (or JSON) file of :meth:`from_config` settings.
+        """Build the adapter from a YAML (or JSON) file of :meth:`from_config` settings."""
+        return cls.from_config(cls.read_config(path))
+
+    @classmethod
+    def read_config(cls, path: str | Path) -> dict[str, Any]:
+        """Read a YAML (or JSON) file of :meth:`from_config` settings, for callers that add their own.
 
         Relative paths under the keys in :attr:`path_keys` are taken relative to the file's folder,
         so a config and its weights can travel together.
         """
-        import yaml
-
         path = Path(path)
-        if not path.is_file():
-            msg = f"adapter config {str(path)!r} does not exist: give the path of a YAML file"
-            raise InputError(msg)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            msg = f"adapter config {str(path)!r} is not valid YAML ({exc}): fix the file"
-            raise InputError(msg) from exc
+        data = load_yaml(path, "adapter config", "give the path of a YAML file")
         if not isinstance(data, Mapping):
             msg = f"adapter config {str(path)!r} holds a {type(data).__name__}, not a mapping of settings: write key: value lines"
             raise InputError(msg)
@@ -193,7 +190,7 @@ class Adapter(ABC):
                 candidate = path.parent / value
                 if candidate.exists():
                     data[key] = str(candidate.resolve())
-        return cls.from_config(data)
+        return data
 
     # ------------------------------------------------------------------------------ running
     def torch_infer(self, module: Any | None = None) -> Callable[[np.ndarray], np.ndarray]:

@@ -39,6 +39,7 @@ import numpy as np
 from ebai.adapters._adapter import Adapter, normalization_from
 from ebai.adapters._loading import import_torch, seeded_init
 from ebai.adapters._torch import _tile
+from ebai.core.configfile import load_yaml
 from ebai.core.errors import InputError, MissingDependencyError
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
@@ -73,17 +74,8 @@ def _check_config(data: Any, where: str) -> dict[str, Any]:
 
 def read_mmv_config(path: str | Path) -> dict[str, Any]:
     """Read an mmv_im2im YAML config as plain data (no mmv_im2im import needed)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        msg = f"mmv_im2im config {str(path)!r} does not exist: give the YAML file the model was trained or run with"
-        raise InputError(msg)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        msg = f"mmv_im2im config {str(path)!r} is not valid YAML ({exc}): fix the file"
-        raise InputError(msg) from exc
+    data = load_yaml(path, "mmv_im2im config", "give the YAML file the model was trained or run with")
     return _check_config(data, repr(str(path)))
 
 

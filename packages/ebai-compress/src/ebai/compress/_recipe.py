@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ebai.core.configfile import parse_problem
 from ebai.core.errors import InputError
 from ebai.core.interfaces import PRECISIONS
 
@@ -353,7 +354,7 @@ class Recipe:
 
                 data = yaml.safe_load(text) or {}
         except Exception as exc:  # each parser raises its own error class
-            msg = f"recipe file {str(path)!r} cannot be parsed ({type(exc).__name__}: {exc}): fix its syntax"
+            msg = f"recipe file {str(path)!r} cannot be parsed ({type(exc).__name__}: {parse_problem(exc)}): fix its syntax"
             raise InputError(msg) from exc
         return cls.from_dict(data, source=f"recipe file {str(path)!r}")
 

@@ -50,20 +50,8 @@ def _model_source(
             msg = "give either a MODEL (with --weights) or --adapter, not both: the adapter config names its own model"
             raise InputError(msg)
         cls = get_adapter(adapter)
-        if adapter_config and not given and hasattr(cls, "from_file"):
-            return cls.from_file(adapter_config)
-        config: dict[str, Any] = {}
-        if adapter_config:
-            import yaml
-
-            loaded = yaml.safe_load(Path(adapter_config).read_text(encoding="utf-8")) or {}
-            if not isinstance(loaded, Mapping):
-                msg = f"adapter config {adapter_config!r} is not a mapping of settings: write key: value lines"
-                raise InputError(msg)
-            config.update(loaded)
-            config.pop("adapter", None)
-        config.update(given)
-        return cls.from_config(config)
+        config = cls.read_config(adapter_config) if adapter_config else {}
+        return cls.from_config({**config, **given})
     if adapter_config:
         msg = "--adapter-config needs --adapter NAME: say which adapter reads it"
         raise InputError(msg)
