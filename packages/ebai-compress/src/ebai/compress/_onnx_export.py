@@ -169,32 +169,25 @@ def _check_batch(example: Any) -> Any:
 def _run_exporter(model: Any, example: Any, path: Path, exporter: str, opset: int, external: bool) -> None:
     import torch
 
+    # the batch axis stays dynamic; each exporter spells that its own way
     if exporter == "dynamo":
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamo=True,
-            dynamic_shapes=({0: batch},),
-            external_data=external,
-            verbose=False,
-        )
+        batch_axis: dict[str, Any] = {
+            "dynamo": True,
+            "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},),
+            "verbose": False,
+        }
     else:
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamo=False,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            external_data=external,
-        )
+        batch_axis = {"dynamo": False, "dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        external_data=external,
+        **batch_axis,
+    )
 
 
 def _numeric_check(path: Path, model: Any, batch: Any) -> float | None:
