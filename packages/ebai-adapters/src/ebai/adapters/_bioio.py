@@ -8,7 +8,6 @@ importing bioio only when such an image is met. Images come back channels first 
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,14 +15,13 @@ import numpy as np
 
 from ebai.core.data import ImageFiles
 from ebai.core.errors import InputError, MissingDependencyError
-from ebai.core.imageio import IMAGE_SUFFIXES, read_image
+from ebai.core.imageio import IMAGE_SUFFIXES, expand_inputs, read_image
 
 __all__ = ["BIOIO_SUFFIXES", "BioImageFiles", "list_bioimages", "read_bioimage"]
 
 #: Suffixes read through bioio (plugins decide which of them actually open).
 BIOIO_SUFFIXES = (".zarr", ".ome.zarr", ".czi", ".nd2", ".lif", ".ome.tif", ".ome.tiff")
 _INSTALL = "pip install 'ebai-adapters[bioio]'"
-_GLOB_CHARS = frozenset("*?[")
 
 
 def _is_zarr(path: Path) -> bool:
@@ -80,28 +78,12 @@ def list_bioimages(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
 
     A folder ending in ``.zarr`` is one image; another folder gives the images directly in it.
     """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if _is_bioimage(path):
-            found.append(path)
-        elif path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if _is_bioimage(p)))
-        elif path.is_file():
-            msg = f"{str(path)!r} is not an image ebai reads: give TIFF, PNG, NPY, OME-Zarr or bioio-readable files"
-            raise InputError(msg)
-        elif _GLOB_CHARS & set(str(item)):
-            found.extend(sorted(Path(p) for p in glob.glob(str(item), recursive=True) if _is_bioimage(Path(p))))
-        else:
-            msg = f"{str(path)!r} does not exist: give image files, OME-Zarr folders, folders of them, or glob patterns"
-            raise InputError(msg)
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        msg = f"no images found in {', '.join(repr(str(i)) for i in inputs)}"
-        raise InputError(msg)
-    return unique
+    return expand_inputs(
+        inputs,
+        _is_bioimage,
+        readable="TIFF, PNG, NPY, OME-Zarr or bioio-readable",
+        sources="image files, OME-Zarr folders, folders of them, or glob patterns",
+    )
 
 
 def _read_any(path: Path) -> np.ndarray:

@@ -8,7 +8,7 @@ PNG without it, and most PNG users already have it). Writes are atomic.
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from ebai.core.errors import InputError, MissingDependencyError
 from ebai.core.files import atomic_file
 from ebai.core.specs import InputSpec
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "read_image", "to_sample", "write_tiff"]
+__all__ = ["IMAGE_SUFFIXES", "expand_inputs", "list_images", "read_image", "to_sample", "write_tiff"]
 
 #: File suffixes :func:`list_images` collects and :func:`read_image` reads.
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -48,27 +48,40 @@ def list_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     InputError
         When a path does not exist, a file is not an image ebai reads, or nothing is found.
     """
+    suffixes = ", ".join(IMAGE_SUFFIXES)
+    return expand_inputs(inputs, _is_image, readable=suffixes, sources="image files, folders or glob patterns")
+
+
+def expand_inputs(
+    inputs: Sequence[str | Path] | str | Path, is_image: Callable[[Path], bool], *, readable: str, sources: str
+) -> list[Path]:
+    """Expand files, folders and glob patterns into the images ``is_image`` accepts, as :func:`list_images` does.
+
+    For readers of more formats (bioio): a path ``is_image`` accepts is one image even when it is a
+    folder (OME-Zarr), another folder gives the images directly in it. ``readable`` names the
+    formats and ``sources`` the kinds of input in the errors.
+    """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if _is_image(p)))
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                msg = f"{str(path)!r} is not an image ebai reads: give {', '.join(IMAGE_SUFFIXES)} files"
-                raise InputError(msg)
+        if is_image(path):
             found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if is_image(p)))
+        elif path.is_file():
+            msg = f"{str(path)!r} is not an image ebai reads: give {readable} files"
+            raise InputError(msg)
         elif _GLOB_CHARS & set(str(item)):
-            found.extend(sorted(Path(p) for p in glob.glob(str(item), recursive=True) if _is_image(Path(p))))
+            found.extend(sorted(Path(p) for p in glob.glob(str(item), recursive=True) if is_image(Path(p))))
         else:
-            msg = f"{str(path)!r} does not exist: give image files, folders or glob patterns"
+            msg = f"{str(path)!r} does not exist: give {sources}"
             raise InputError(msg)
     unique = list(dict.fromkeys(found))
     if not unique:
         shown = ", ".join(repr(str(i)) for i in inputs) or "no inputs"
-        msg = f"no images found in {shown}: ebai reads {', '.join(IMAGE_SUFFIXES)} files"
+        msg = f"no images found in {shown}: ebai reads {readable} files"
         raise InputError(msg)
     return unique
 
