@@ -207,3 +207,9 @@ def test_describe_of_every_builtin_is_json(net_file: Path) -> None:
     adapter = TorchAdapter(f"{net_file}:build", axes="bcyx", channels=1, tile=(16, 16))
     described: Mapping[str, Any] = adapter.describe()
     assert json.loads(json.dumps(described)) == described
+
+
+def test_empty_config_file_has_no_settings(tmp_path: Path) -> None:
+    cfg = tmp_path / "empty.yaml"
+    cfg.write_text("")
+    assert Doubler.read_config(cfg) == {}

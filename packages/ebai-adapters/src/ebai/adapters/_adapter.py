@@ -179,6 +179,8 @@ class Adapter(ABC):
         """
         path = Path(path)
         data = load_yaml(path, "adapter config", "give the path of a YAML file")
+        if data is None:  # an empty file: no settings, as for recipes
+            data = {}
         if not isinstance(data, Mapping):
             msg = f"adapter config {str(path)!r} holds a {type(data).__name__}, not a mapping of settings: write key: value lines"
             raise InputError(msg)
