@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ebai.core.plugins import PluginSpec
 
-__all__ = ["cellpose", "mmv_im2im", "monai", "torch"]
+__all__ = ["bioimageio", "cellpose", "mmv_im2im", "monai", "torch"]
 
 torch = PluginSpec(
     name="torch",
@@ -41,4 +41,12 @@ mmv_im2im = PluginSpec(
     target="ebai.adapters._mmv_im2im:MmvIm2ImAdapter",
     requires=("torch", "mmv_im2im"),
     install="pip install ebai-adapters[mmv_im2im]",
+)
+
+bioimageio = PluginSpec(
+    name="bioimageio",
+    package="ebai-adapters",
+    target="ebai.adapters._bioimageio:BioImageIOAdapter",
+    requires=("torch", "bioimageio.core", "bioimageio.spec"),
+    install="pip install 'ebai-adapters[bioimageio]'",
 )

@@ -213,6 +213,37 @@ def _numeric_check(path: Path, model: Any, batch: Any) -> float | None:
     return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) / scale
 
 
+def _write_onnx_source(model: Any, path: Path, overwrite: bool) -> ExportResult:
+    """Write the graph of a network that already is ONNX (``onnx_bytes``, e.g. a bioimage.io package's).
+
+    Nothing is exported, so there is nothing to compare with: the file is the network.
+    """
+    import onnx
+
+    started = time.perf_counter()
+    proto = onnx.load_from_string(model.onnx_bytes)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        msg = f"the ONNX network fails onnx.checker ({_reason(exc)}): check the model's ONNX file"
+        raise InputError(msg) from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.parent / f".{path.name}.part"
+    scratch.write_bytes(model.onnx_bytes)
+    check_output(path, overwrite)
+    os.replace(scratch, path)
+    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return ExportResult(
+        path=path,
+        exporter="onnx-source",
+        opset=int(version),
+        input_name=proto.graph.input[0].name,
+        output_name=proto.graph.output[0].name,
+        max_rel_error=0.0,
+        seconds=time.perf_counter() - started,
+    )
+
+
 def export_onnx(
     model: Any,
     path: str | Path,
@@ -228,7 +259,9 @@ def export_onnx(
     Parameters
     ----------
     model
-        ``torch.nn.Module`` or TorchScript module taking one ``(N, C, *tile)`` tensor.
+        ``torch.nn.Module`` or TorchScript module taking one ``(N, C, *tile)`` tensor; a module
+        that carries its ONNX graph as ``onnx_bytes`` (ONNX weights run by ONNX Runtime) is
+        written out as it is.
     path
         Where to write the ``.onnx`` file; written atomically (complete or absent).
     example_input
@@ -267,6 +300,8 @@ def export_onnx(
     if int(opset) < 17:
         msg = f"ONNX opset {opset} is too old: use 17 or newer"
         raise InputError(msg)
+    if isinstance(getattr(model, "onnx_bytes", None), bytes):
+        return _write_onnx_source(model, path, overwrite)
     is_script = isinstance(model, torch.jit.ScriptModule)
     if exporter == "auto":
         exporter = "torchscript" if is_script else "dynamo"

@@ -27,7 +27,7 @@ from ebai.compress._guard import FidelityJudge, compare, run_batches, torch_infe
 from ebai.compress._onnx_export import ExportResult, export_onnx
 from ebai.compress._pruning import prune
 from ebai.compress._recipe import FINE_TUNE_METHODS, Recipe
-from ebai.compress._samples import SampleSplit, load_samples, split_samples
+from ebai.compress._samples import SampleSplit, fit_tile, load_samples, split_samples
 from ebai.core.artifact import Artifact, ArtifactWriter, package_versions
 from ebai.core.errors import BackendUnavailableError, FidelityError, InputError
 from ebai.core.files import check_output
@@ -321,6 +321,10 @@ def compress(
     out = Path(out)
     check_output(out, overwrite)
     recipe = _as_recipe(recipe)
+    refused = getattr(model_source, "pruning_refused", None)
+    if recipe.prune.enabled and refused:
+        msg = f"{model_source.name} model cannot be pruned: {refused}"
+        raise InputError(msg)
     chosen = _backends(recipe, backends)
     spec = model_source.input_spec
     tile = tuple(spec.tile)
@@ -335,6 +339,11 @@ def compress(
         seed=recipe.seed,
     )
     del samples
+    # a source's own test inputs (a bioimage.io package's test tensors) are held out as well
+    extra = getattr(model_source, "held_out_samples", None)
+    if callable(extra):
+        tiles = [fit_tile(s, tile, center=True) for s in extra()]
+        split = replace(split, held_out_tiles=[*split.held_out_tiles, *tiles])
     original = model_source.load_module().eval()
     run_original = torch_infer(original)
     original_outputs = run_batches(run_original, split.held_out_tiles, _BATCH)

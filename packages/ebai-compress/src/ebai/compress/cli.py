@@ -1,7 +1,8 @@
 """``ebai compress``: the command-line face of :func:`ebai.compress.compress`.
 
 The model comes from a Python factory (``file.py:build`` or ``package.module:build``) plus a state
-dict, from a TorchScript file, or from an installed adapter (``--adapter cellpose``); loading goes
+dict, from a TorchScript file, from a bioimage.io package (``--bioimageio model.zip``) or from an
+installed adapter (``--adapter cellpose``); loading goes
 through ``ebai.adapters`` so files are read the same way everywhere. Options given here override
 the recipe file.
 """
@@ -41,8 +42,20 @@ def _model_source(
     adapter: str | None,
     adapter_config: str | None,
     spec_options: Mapping[str, Any],
+    bioimageio: str | None = None,
 ) -> Any:
     given = {k: v for k, v in spec_options.items() if v is not None}
+    if bioimageio:
+        if model or weights or adapter:
+            msg = "give either --bioimageio PACKAGE or a MODEL/--adapter, not both: the package names its own network"
+            raise InputError(msg)
+        other = sorted(k for k in given if k != "tile")
+        if other:
+            msg = f"--bioimageio takes its {', '.join(other)} from the package's description: drop those options"
+            raise InputError(msg)
+        from ebai.adapters import load_bioimageio
+
+        return load_bioimageio(bioimageio, tile=given.get("tile"))
     if adapter:
         from ebai.core.plugins import get_adapter
 
@@ -96,6 +109,14 @@ def summary(manifest: Any, path: Path) -> str:
         )
     elif tuning:
         lines.append(f"fine-tuning: {tuning.get('callback', tuning.get('method'))}")
+    package = (manifest.source or {}).get("bioimageio")
+    if package:
+        tol = package["reproducibility_tolerance"]
+        lines.append(
+            f"bioimage.io package {package['name']!r} reproducibility tolerance: relative {tol['relative_tolerance']:g}, "
+            f"absolute {tol['absolute_tolerance']:g}, {tol['mismatched_elements_per_million']} mismatched per million "
+            f"({'stated' if tol['stated'] else 'bioimage.io default'}); its test input is among the held-out tiles"
+        )
     lines.append(f"{'target':18}{'pearson':>9}{'max err':>10}{'criterion':>24}{'passed':>8}")
     for t in manifest.targets:
         f = t.fidelity
@@ -117,6 +138,11 @@ def summary(manifest: Any, path: Path) -> str:
 @click.option("--trust-pickle", is_flag=True, help="Allow a whole pickled model file (this runs code from the file).")
 @click.option("--adapter", help="Installed adapter to load the model with (e.g. cellpose, monai).")
 @click.option("--adapter-config", type=click.Path(dir_okay=False), help="YAML settings of the adapter.")
+@click.option(
+    "--bioimageio",
+    type=click.Path(exists=False),
+    help="bioimage.io model package (rdf.yaml, its folder or a .zip) to compress; axes, tile and processing come from it.",
+)
 @click.option("--axes", help="Model input axes, batch and channel first (bczyx, bcyx).")
 @click.option("--channels", type=int, help="Input channels of the model.")
 @click.option("--tile", help="Spatial tile, e.g. 32,64,64.")
@@ -142,6 +168,7 @@ def compress(
     trust_pickle: bool,
     adapter: str | None,
     adapter_config: str | None,
+    bioimageio: str | None,
     axes: str | None,
     channels: int | None,
     tile: str | None,
@@ -159,7 +186,7 @@ def compress(
     """Prune, fine-tune, lower and verify MODEL on your images; write one artifact.
 
     MODEL is file.py:factory or package.module:factory (with --weights), or a TorchScript file;
-    or use --adapter NAME --adapter-config FILE.
+    or use --adapter NAME --adapter-config FILE, or --bioimageio PACKAGE.
     """
     from ebai.compress._pipeline import compress as run_compress
     from ebai.compress._recipe import Recipe
@@ -178,7 +205,6 @@ def compress(
         changes["precision"] = precision
     if targets:
         changes["targets"] = list(targets)
-    plan = base.updated(changes) if changes else base
     source = _model_source(
         model,
         weights,
@@ -186,7 +212,11 @@ def compress(
         adapter,
         adapter_config,
         {"axes": axes, "channels": channels, "tile": tile, "normalization": normalization, "divisor": divisor},
+        bioimageio,
     )
+    if getattr(source, "pruning_refused", None) and not prune_spec and not recipe:
+        changes["prune"] = {"method": "none"}  # the default recipe prunes; this network cannot be
+    plan = base.updated(changes) if changes else base
     images = ImageFiles(list(data), source.input_spec)
     artifact = run_compress(source, images, plan, out, overwrite=overwrite)
     click.echo(summary(artifact.manifest, out))

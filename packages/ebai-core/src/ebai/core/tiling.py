@@ -28,7 +28,7 @@ import numpy as np
 from ebai.core.errors import InputError
 from ebai.core.progress import progress
 
-__all__ = ["BLENDINGS", "PAD_MODES", "predict_tiled", "tile_starts"]
+__all__ = ["BLENDINGS", "PAD_MODES", "fit_tile", "predict_tiled", "tile_starts"]
 
 logger = logging.getLogger("ebai")
 
@@ -41,6 +41,32 @@ PAD_MODES = ("reflect", "symmetric", "edge", "constant")
 _SIGMA_SCALE = 1.0 / 8.0
 
 Infer = Callable[[np.ndarray], np.ndarray]
+
+
+def fit_tile(
+    sample: np.ndarray, tile: Sequence[int], rng: np.random.Generator | None = None, *, center: bool = False
+) -> np.ndarray:
+    """Crop ``sample`` ``(C, *spatial)`` to ``tile``, padding by reflection where it is smaller.
+
+    Used for calibration and guard tiles and for the test tensors of exported packages.
+
+    With ``rng`` the crop is placed at random (the same draws give the same crop); with
+    ``center`` (or no ``rng``) it is centred.
+    """
+    x = np.asarray(sample, dtype=np.float32)
+    pads = [(0, 0)]
+    for dim, t in zip(x.shape[1:], tile, strict=False):
+        short = max(int(t) - int(dim), 0)
+        pads.append((short // 2, short - short // 2))
+    if any(p != (0, 0) for p in pads):
+        mode = "reflect" if min(x.shape[1:]) > 1 else "edge"
+        x = np.pad(x, pads, mode=mode)
+    index: list[slice] = [slice(None)]
+    for dim, t in zip(x.shape[1:], tile, strict=False):
+        room = int(dim) - int(t)
+        start = room // 2 if center or rng is None else int(rng.integers(0, room + 1))
+        index.append(slice(start, start + int(t)))
+    return np.ascontiguousarray(x[tuple(index)])
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:

@@ -27,7 +27,7 @@ from ebai.core.specs import InputSpec
 
 logger = logging.getLogger("ebai")
 
-__all__ = ["benchmark"]
+__all__ = ["benchmark", "benchmark_table", "measure_artifact"]
 
 
 @dataclass
@@ -158,7 +158,8 @@ def _measure(rows: list[_Row], rounds: int, warmup: int, repeats: int) -> None:
             row.p95s.append(stats.p95_s)
 
 
-def _table(result: dict[str, Any]) -> str:
+def benchmark_table(result: dict[str, Any]) -> str:
+    """Plain-text table of a :func:`measure_artifact` result, one row per engine with its precision."""
     head = (
         "row",
         "precision",
@@ -189,6 +190,73 @@ def _table(result: dict[str, Any]) -> str:
     out = [fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*line).rstrip() for line in lines]
     return "\n".join(out)
+
+
+def measure_artifact(
+    artifact: Path,
+    *,
+    against_torch: bool = False,
+    batch_size: int = 1,
+    repeats: int = 10,
+    warmup: int = 2,
+    rounds: int = 1,
+    energy: bool = True,
+    image: Path | None = None,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Latency, throughput, energy and Pearson of every engine of an artifact, as ``ebai benchmark`` prints them.
+
+    Returns the JSON-ready result ``ebai benchmark --json`` prints (rows with name, precision,
+    median/p95 seconds, images/s, joules per image, speed-up and Pearson against the first row);
+    :func:`benchmark_table` formats it. Parameters are those of the command.
+    """
+    from ebai.core.hardware import cpu_info
+    from ebai.core.metrics import pearson
+
+    art = Artifact.open(artifact)
+    opts = dict(options or {})
+    x, what = _input_batch(art.manifest.input, batch_size, image, seed)
+    notes: list[str] = []
+    with _rows(art, x, opts, against_torch, notes) as rows:
+        if not rows:
+            msg = f"nothing to benchmark in {str(artifact)!r}: {'; '.join(notes) or 'it holds no targets'}"
+            raise InputError(msg)
+        for row in rows:
+            row.output = np.asarray(row.fn())
+        _measure(rows, rounds, warmup, repeats)
+        base = rows[0]  # torch when present, then openvino f32 (reference.onnx), then targets
+        base_median = float(np.median(base.medians))
+        for row in rows:
+            median = float(np.median(row.medians))
+            row.result = {
+                "name": row.name,
+                "precision": row.precision,
+                "median_s": median,
+                "p95_s": float(max(row.p95s)),
+                "images_per_s": batch_size / median,
+                "speedup": base_median / median,
+                "pearson": float(pearson(row.output, base.output)),
+            }
+            if energy:
+                from ebai.core.energy import measure_energy
+
+                e = measure_energy(row.fn, repeats=max(1, min(repeats, 5)), warmup=0)
+                row.result.update(
+                    joules_per_image=e.joules_per_call / batch_size, energy_label=e.label, energy_source=e.source
+                )
+    cpu = cpu_info()
+    result = {
+        "artifact": str(artifact),
+        "input": {"shape": list(x.shape), "what": what},
+        "baseline": base.name,
+        "rounds": rounds,
+        "repeats": repeats,
+        "rows": [row.result for row in rows],
+        "notes": notes,
+        "cpu": {"model": cpu.model, "cores": cpu.cores, "features": list(cpu.features)},
+    }
+    return result
 
 
 @click.command()
@@ -234,58 +302,31 @@ def benchmark(
     of the artifact, and (``--against-torch``) PyTorch eager on the original model. Speed-ups and
     Pearson correlations are against PyTorch eager when present, else the OpenVINO f32 row.
     """
-    from ebai.core.hardware import cpu_info
-    from ebai.core.metrics import pearson
-
+    result = measure_artifact(
+        artifact,
+        against_torch=against_torch,
+        batch_size=batch_size,
+        repeats=repeats,
+        warmup=warmup,
+        rounds=rounds,
+        energy=energy,
+        image=image,
+        seed=seed,
+        options=engine_options(options),
+    )
     art = Artifact.open(artifact)
-    opts = engine_options(options)
-    x, what = _input_batch(art.manifest.input, batch_size, image, seed)
-    notes: list[str] = []
-    with _rows(art, x, opts, against_torch, notes) as rows:
-        if not rows:
-            msg = f"nothing to benchmark in {str(artifact)!r}: {'; '.join(notes) or 'it holds no targets'}"
-            raise InputError(msg)
-        for row in rows:
-            row.output = np.asarray(row.fn())
-        _measure(rows, rounds, warmup, repeats)
-        base = rows[0]  # torch when present, then openvino f32 (reference.onnx), then targets
-        base_median = float(np.median(base.medians))
-        for row in rows:
-            median = float(np.median(row.medians))
-            row.result = {
-                "name": row.name,
-                "precision": row.precision,
-                "median_s": median,
-                "p95_s": float(max(row.p95s)),
-                "images_per_s": batch_size / median,
-                "speedup": base_median / median,
-                "pearson": float(pearson(row.output, base.output)),
-            }
-            if energy:
-                from ebai.core.energy import measure_energy
-
-                e = measure_energy(row.fn, repeats=max(1, min(repeats, 5)), warmup=0)
-                row.result.update(
-                    joules_per_image=e.joules_per_call / batch_size, energy_label=e.label, energy_source=e.source
-                )
-    cpu = cpu_info()
-    result = {
-        "artifact": str(artifact),
-        "input": {"shape": list(x.shape), "what": what},
-        "baseline": base.name,
-        "rounds": rounds,
-        "repeats": repeats,
-        "rows": [row.result for row in rows],
-        "notes": notes,
-        "cpu": {"model": cpu.model, "cores": cpu.cores, "features": list(cpu.features)},
-    }
+    notes, rows = result["notes"], result["rows"]
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{art.manifest.name}: input {tuple(x.shape)} ({what}); {rounds} round(s) x {repeats} call(s) per row")
-    click.echo(f"cpu: {cpu.model}, {cpu.cores} logical cores; {', '.join(cpu.features) or 'no AVX-512/VNNI/AMX'}")
-    click.echo(_table(result))
+    click.echo(
+        f"{art.manifest.name}: input {tuple(result['input']['shape'])} ({result['input']['what']}); "
+        f"{rounds} round(s) x {repeats} call(s) per row"
+    )
+    cpu = result["cpu"]
+    click.echo(f"cpu: {cpu['model']}, {cpu['cores']} logical cores; {', '.join(cpu['features']) or 'no AVX-512/VNNI/AMX'}")
+    click.echo(benchmark_table(result))
     for note in notes:
         click.echo(f"note: {note}")
     if energy and rows:
-        click.echo(f"energy: {rows[0].result.get('energy_source', '')}")
+        click.echo(f"energy: {rows[0].get('energy_source', '')}")
