@@ -15,6 +15,7 @@ pruning is refused with the reason).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,19 @@ def _import_spec() -> Any:
 
 
 def _loc(loc: Sequence[Any]) -> str:
+    """A field path as written in the YAML (``weights.onnx.source``), without pydantic's union branch names."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[a-z_][a-z0-9_]*", str(part)):
+            out += f".{part}" if out else str(part)
     return out or "rdf"
+
+
+def _first_error(errors: Sequence[Any]) -> Any:
+    """The error that says most: a union's branches each report one; a value error names the real problem."""
+    return next((e for e in errors if e.type == "value_error"), errors[0])
 
 
 def read_model_description(source: str | Path) -> Any:
@@ -91,8 +101,8 @@ def read_model_description(source: str | Path) -> Any:
     summary = descr.validation_summary
     errors = [e for d in summary.details for e in d.errors]
     if errors:
-        first = errors[0]
-        text = " ".join(str(first.msg).split())
+        first = _first_error(errors)
+        text = " ".join(str(first.msg).split()).removeprefix("Value error, ")
         msg = f"bioimage.io package {str(source)!r} is invalid at {_loc(first.loc)}: {text}"
         raise InputError(msg)
     if not isinstance(descr, v0_5.ModelDescr):

@@ -7,8 +7,6 @@ ONNX Runtime inside a module (:class:`OnnxNetwork`) that also keeps the ONNX fil
 pruned or retrained, only quantized).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np
@@ -21,30 +19,44 @@ __all__ = ["OnnxNetwork", "load_network"]
 
 
 class _Reordered(nn.Module):
-    """Run ``net``, whose tensors have the package's axis order, on tensors in ebai's (b, c, space)."""
+    """Run ``net``, whose tensors have the package's axis order, on tensors in ebai's (b, c, space).
+
+    Only integer lists are kept, so the wrapper can be scripted around a TorchScript network.
+    """
+
+    # no ``from __future__ import annotations`` in this module: TorchScript reads these annotations
+    squeeze: list[int]
+    in_perm: list[int]
+    out_perm: list[int]
 
     def __init__(self, net: nn.Module, ebai: str, inp: str, out: str) -> None:
         super().__init__()
         self.net = net
-        self.ebai, self.inp, self.out = ebai, inp, out
-
-    def _one(self, x: torch.Tensor, ebai: str) -> torch.Tensor:
-        for i in reversed(range(len(ebai))):
-            if ebai[i] not in self.inp:
-                x = x.squeeze(i)
-        present = "".join(a for a in ebai if a in self.inp)
-        y = self.net(x.permute(*[present.index(a) for a in self.inp]))
-        letters = self.out
-        for a in ebai:
+        self.loop = "b" not in inp  # a network without a batch axis takes one item at a time
+        axes = ebai[1:] if self.loop else ebai
+        self.squeeze = [i for i in reversed(range(len(axes))) if axes[i] not in inp]
+        present = "".join(a for a in axes if a in inp)
+        self.in_perm = [present.index(a) for a in inp]
+        letters = out
+        for a in axes:
             if a not in letters:
-                y = y.unsqueeze(0)
                 letters = a + letters
-        return y.permute(*[letters.index(a) for a in ebai])
+        self.unsqueeze = len(letters) - len(out)
+        self.out_perm = [letters.index(a) for a in axes]
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        for i in self.squeeze:
+            x = x.squeeze(i)
+        y = self.net(x.permute(self.in_perm))
+        for _ in range(self.unsqueeze):
+            y = y.unsqueeze(0)
+        return y.permute(self.out_perm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if "b" in self.inp:
-            return self._one(x, self.ebai)
-        return torch.cat([self._one(item, self.ebai[1:]).unsqueeze(0) for item in x], dim=0)
+        if not self.loop:
+            return self._one(x)
+        items = [self._one(x[i]) for i in range(x.shape[0])]
+        return torch.stack(items, dim=0)
 
 
 class OnnxNetwork(nn.Module):
@@ -76,7 +88,7 @@ class OnnxNetwork(nn.Module):
         out = session.run(None, {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxNetwork:
+    def __deepcopy__(self, memo: dict[int, Any]) -> "OnnxNetwork":
         return OnnxNetwork(self.onnx_bytes)
 
 
@@ -119,4 +131,6 @@ def load_network(adapter: Any) -> nn.Module:
     ebai = "bc" + adapter.input_spec.spatial_axes
     if adapter.in_axes == ebai and adapter.out_axes == ebai:
         return net
-    return _Reordered(net, ebai, adapter.in_axes, adapter.out_axes).eval()
+    wrapped = _Reordered(net, ebai, adapter.in_axes, adapter.out_axes).eval()
+    # a TorchScript network stays TorchScript as a whole, so it is exported as one
+    return torch.jit.script(wrapped) if isinstance(net, torch.jit.ScriptModule) else wrapped

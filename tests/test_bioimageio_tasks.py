@@ -1,0 +1,171 @@
+"""Each reference task as a bioimage.io 0.5 package (pytorch_state_dict) through the whole round trip.
+
+import (``ebai compress --bioimageio``) -> ``--prune l1:0.5 --int8`` -> ``ebai export --bioimageio`` ->
+bioimageio.core's ``test_model`` passes on the exported package, and bioimageio.core's ``predict``
+with it on the task's held-out synthetic set scores, by the task's metric against the original
+package's prediction, at least the task's guard limit for a pruned and quantized network.
+Small tiles and the fewest distillation steps each task needs keep it to a few minutes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bioimageio.core")
+pytest.importorskip("torch")
+pytest.importorskip("openvino")
+
+# The reference tasks: this is the one place naming the package they live in.
+import ebai.adapters.tasks as tasks  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location(
+    "ebai_bioimageio_packages",
+    Path(__file__).parents[1] / "packages" / "ebai-adapters" / "tests" / "fixtures" / "bioimageio_packages.py",
+)
+bp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bp)
+
+ARCHITECTURE = f'''
+def build(task):
+    """The reference task's network, untrained (the package's state dict holds the weights)."""
+    from {tasks.__name__} import get_task
+
+    return get_task(task).build_model()
+'''
+
+#: Small tiles (a valid size of each package: min = step = the network's divisor) and distillation steps.
+PLANS = {
+    "denoising": {"tile": (16, 48, 48), "steps": 40},
+    "nuclei": {"tile": (64, 64), "steps": None},
+    "labelfree": {"tile": (16, 48, 48), "steps": None},
+    "semantic": {"tile": (16, 48, 48), "steps": None},
+}
+
+
+def _preprocessing(task, spatial: str) -> list:
+    norm = task.normalization
+    if norm.kind == "zscore":
+        return [bp.zmuv(spatial)]
+    if norm.kind == "percentile":
+        return [bp.scale_range(spatial, norm.low, norm.high)]
+    raise AssertionError(f"no bioimage.io preprocessing written for {norm.kind}")
+
+
+def _write_package(task, folder: Path, tile: tuple[int, ...]) -> Path:
+    import torch
+    from bioimageio.core import predict
+    from bioimageio.spec.model import v0_5 as v
+
+    folder.mkdir(parents=True)
+    (folder / "task_network.py").write_text(ARCHITECTURE)
+    net = task.load_trained()
+    torch.save(net.state_dict(), folder / "weights.pt")
+    weights = {
+        "pytorch_state_dict": v.PytorchStateDictWeightsDescr(
+            source=folder / "weights.pt",
+            architecture=v.ArchitectureFromFileDescr(
+                source=folder / "task_network.py", callable=v.Identifier("build"), kwargs={"task": task.name}
+            ),
+            pytorch_version=v.Version(torch.__version__.split("+")[0]),
+        )
+    }
+    axes = task.axes
+    spatial = axes[2:]
+    x, _ = task.make_samples(1, tasks.TEST_SEED + 10, shape=tile)
+    placeholder = np.ones((1, task.out_channels, *tile), dtype=np.float32)  # replaced by the real output below
+    common = {
+        "axes": axes,
+        "preprocessing": _preprocessing(task, spatial),
+        "min_size": task.divisor,
+        "step": task.divisor,
+        "model_id": f"ebai-{task.name}",
+        "name": f"ebai {task.name} reference",
+    }
+    draft = bp.describe(folder, weights, test_input=x, test_output=placeholder, **common)
+    sample = predict(model=draft, inputs=x)
+    out = next(iter(sample.members.values())).data.transpose(*[str(a.id) for a in draft.outputs[0].axes]).values
+    descr = bp.describe(folder, weights, test_input=x, test_output=np.asarray(out, dtype=np.float32), **common)
+    return bp.save_zip(descr, folder.parent / f"{task.name}.zip")
+
+
+def _predict(package, images: np.ndarray) -> list[np.ndarray]:
+    from bioimageio.core import predict
+
+    out = []
+    for x in images:
+        sample = predict(model=package, inputs=x[np.newaxis])
+        tensor = next(iter(sample.members.values()))
+        out.append(np.asarray(tensor.data.values)[0])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_task_package_round_trip(name, tmp_path):
+    from bioimageio.core import test_model
+    from bioimageio.spec import load_model_description
+    from click.testing import CliRunner
+
+    from ebai.core.cli import cli
+
+    task = tasks.get_task(name)
+    task.check_available()
+    plan = PLANS[name]
+    tile = plan["tile"]
+    steps = plan["steps"] or task.min_distill_steps
+    package = _write_package(task, tmp_path / "package", tile)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    images, _ = task.make_samples(4, tasks.CALIBRATION_SEED, shape=[2 * t for t in tile])
+    for i, image in enumerate(images):
+        np.save(data / f"image{i}.npy", image)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("calibration: {samples: 8}\nfidelity: {held_out: 1, tiles: 4, threshold: 0.8}\n")
+    runner = CliRunner()
+    compressed = runner.invoke(
+        cli,
+        [
+            "compress",
+            "--bioimageio",
+            str(package),
+            "--data",
+            str(data),
+            "--tile",
+            ",".join(map(str, tile)),
+            "--prune",
+            "l1:0.5",
+            "--int8",
+            "--steps",
+            str(steps),
+            "--recipe",
+            str(recipe),
+            "-o",
+            str(tmp_path / f"{name}.ebai"),
+        ],
+    )
+    assert compressed.exit_code == 0, compressed.output
+    exported = tmp_path / f"{name}-ebai.zip"
+    result = runner.invoke(
+        cli, ["export", str(tmp_path / f"{name}.ebai"), "--bioimageio", "--no-benchmark", "-o", str(exported)]
+    )
+    assert result.exit_code == 0, result.output
+
+    summary = test_model(exported)
+    assert summary.status == "passed", [e.msg for d in summary.details for e in d.errors]
+
+    # the held-out synthetic set, one tile per image (the exported ONNX has static spatial sizes)
+    inputs, truth = task.make_samples(2, tasks.TEST_SEED, shape=tile)
+    original = _predict(load_model_description(package), inputs)
+    compressed_out = _predict(load_model_description(exported), inputs)
+    limit = task.guard_threshold(pruned=True)
+    vs_original = [
+        task.score(task.postprocess(c), task.postprocess(o)) for c, o in zip(compressed_out, original, strict=True)
+    ]
+    assert float(np.mean(vs_original)) >= limit, (task.metric, vs_original, limit)
+    vs_truth = [task.score(task.postprocess(c), t) for c, t in zip(compressed_out, truth, strict=True)]
+    print(f"{name}: {task.metric} vs original {np.mean(vs_original):.4f} (limit {limit}), vs truth {np.mean(vs_truth):.4f}")
