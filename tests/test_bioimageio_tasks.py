@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("openvino")
 
 # The reference tasks: this is the one place naming the package they live in.
-import ebai.adapters.tasks as tasks  # noqa: E402
+import ebai.adapters.tasks as tasks
 
 _spec = importlib.util.spec_from_file_location(
     "ebai_bioimageio_packages",
@@ -168,4 +168,6 @@ def test_task_package_round_trip(name, tmp_path):
     ]
     assert float(np.mean(vs_original)) >= limit, (task.metric, vs_original, limit)
     vs_truth = [task.score(task.postprocess(c), t) for c, t in zip(compressed_out, truth, strict=True)]
-    print(f"{name}: {task.metric} vs original {np.mean(vs_original):.4f} (limit {limit}), vs truth {np.mean(vs_truth):.4f}")
+    print(
+        f"{name}: {task.metric} vs original {np.mean(vs_original):.4f} (limit {limit}), vs truth {np.mean(vs_truth):.4f}"
+    )

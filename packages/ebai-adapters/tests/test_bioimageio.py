@@ -147,7 +147,9 @@ def test_format_04_package_with_halo_is_read(packages, tmp_path):
     adapter = load_bioimageio(folder, tile=(32, 32))
     assert adapter.halo == 8 and adapter.input_spec.overlap == 0.5  # 2 * halo / tile
     assert adapter.descr.format_version.startswith("0.5")
-    np.testing.assert_allclose(_predict_like_bioimageio_core(adapter, x[0]), np.load(folder / "test_output.npy")[0], atol=1e-4)
+    np.testing.assert_allclose(
+        _predict_like_bioimageio_core(adapter, x[0]), np.load(folder / "test_output.npy")[0], atol=1e-4
+    )
 
 
 def _rdf(folder: Path) -> tuple[Path, dict]:
@@ -221,7 +223,9 @@ def test_fixed_graph_packages_are_quantized_and_exported_and_refuse_pruning(pack
     assert not (tmp_path / "refused.ebai").exists()
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("prune: {method: none}\ncalibration: {samples: 4}\nfidelity: {held_out: 1, tiles: 2, threshold: 0.95}\n")
+    recipe.write_text(
+        "prune: {method: none}\ncalibration: {samples: 4}\nfidelity: {held_out: 1, tiles: 2, threshold: 0.95}\n"
+    )
     code, out = _compress(*common, "--recipe", str(recipe), "-o", str(tmp_path / "m.ebai"))
     assert code == 0, out
     assert "reproducibility tolerance: relative 0.001, absolute 0.001, 100 mismatched per million (stated)" in out

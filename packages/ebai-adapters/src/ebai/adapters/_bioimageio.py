@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def _import_spec() -> Any:
 
 
 def _loc(loc: Sequence[Any]) -> str:
-    """A field path as written in the YAML (``weights.onnx.source``), without pydantic's union branch names."""
+    """Write a field path as in the YAML (``weights.onnx.source``), without pydantic's union branch names."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -57,7 +57,7 @@ def _loc(loc: Sequence[Any]) -> str:
 
 
 def _first_error(errors: Sequence[Any]) -> Any:
-    """The error that says most: a union's branches each report one; a value error names the real problem."""
+    """Pick the error that says most: a union's branches each report one; a value error names the real problem."""
     return next((e for e in errors if e.type == "value_error"), errors[0])
 
 
@@ -174,7 +174,7 @@ def _channels(axes: Sequence[Any]) -> int | None:
 
 
 def _tolerance(descr: Any) -> dict[str, Any]:
-    """The package's reproducibility tolerance (bioimage.io defaults where it states none)."""
+    """Return the package's reproducibility tolerance (bioimage.io defaults where it states none)."""
     from bioimageio.spec.model import v0_5
 
     stated = list(descr.config.bioimageio.reproducibility_tolerance)
@@ -391,7 +391,7 @@ class BioImageIOAdapter(Adapter):
         return x, y
 
     def held_out_samples(self) -> list[np.ndarray]:
-        """The package's test inputs, preprocessed: the accuracy guard measures on them too."""
+        """Return the package's test inputs, preprocessed: the accuracy guard measures on them too."""
         x, _ = self.test_tensors()
         return [self.preprocess(x)]
 
@@ -407,7 +407,7 @@ class BioImageIOAdapter(Adapter):
         return out
 
     def config(self) -> dict[str, Any]:
-        """Settings that rebuild this adapter (the package path, tile and weight format)."""
+        """Return settings that rebuild this adapter (the package path, tile and weight format)."""
         return {"source": self.source, "tile": list(self.tile), "weight_format": self.weight_format}
 
 

@@ -39,7 +39,7 @@ def _staged(src: Any, folder: Path, name: str) -> Path:
 
 
 def _axes(original_axes: Any, spatial: str, tile: tuple[int, ...] | None) -> list[Any]:
-    """The original tensor's axes in ebai's order (batch, channel, z, y, x), which the ONNX network takes.
+    """Return the original tensor's axes in ebai's order (batch, channel, z, y, x), which the ONNX network takes.
 
     With ``tile`` (inputs), the space axes are fixed to it: the exported ONNX has static spatial
     sizes, only its batch axis is dynamic.
@@ -275,14 +275,20 @@ def export_bioimageio(
         recipe = {
             "pruning": {k: v for k, v in (manifest.pruning or {}).items() if k != "fidelity"},
             "fine_tuning": manifest.fine_tuning,
-            "targets": [{"backend": t.backend, "precision": t.precision, "options": dict(t.options)} for t in manifest.targets],
+            "targets": [
+                {"backend": t.backend, "precision": t.precision, "options": dict(t.options)} for t in manifest.targets
+            ],
         }
         doc = stage / "README.md"
         doc.write_text(_documentation(manifest, original, bench, notes, recipe), encoding="utf-8")
 
         def build(test_output: Path | None) -> Any:
             new_in = inp.model_copy(
-                update={"axes": _axes(inp.axes, spatial, adapter.input_spec.tile), "test_tensor": v0_5.FileDescr(source=test_in), "sample_tensor": None}
+                update={
+                    "axes": _axes(inp.axes, spatial, adapter.input_spec.tile),
+                    "test_tensor": v0_5.FileDescr(source=test_in),
+                    "sample_tensor": None,
+                }
             )
             new_out = outp.model_copy(
                 update={

@@ -93,7 +93,7 @@ class OnnxNetwork(nn.Module):
 
 
 def _dynamic_batch(data: bytes) -> bytes:
-    """The ONNX graph with the first axis of its inputs and outputs named ``batch`` (any size)."""
+    """Return the ONNX graph with the first axis of its inputs and outputs named ``batch`` (any size)."""
     import onnx
 
     model = onnx.load_from_string(data)

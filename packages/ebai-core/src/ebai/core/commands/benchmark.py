@@ -324,7 +324,9 @@ def benchmark(
         f"{rounds} round(s) x {repeats} call(s) per row"
     )
     cpu = result["cpu"]
-    click.echo(f"cpu: {cpu['model']}, {cpu['cores']} logical cores; {', '.join(cpu['features']) or 'no AVX-512/VNNI/AMX'}")
+    click.echo(
+        f"cpu: {cpu['model']}, {cpu['cores']} logical cores; {', '.join(cpu['features']) or 'no AVX-512/VNNI/AMX'}"
+    )
     click.echo(benchmark_table(result))
     for note in notes:
         click.echo(f"note: {note}")
