@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ebai.adapters._adapter import Adapter
+from ebai.adapters._torch import _tile
 from ebai.core.errors import InputError, MissingDependencyError
 from ebai.core.specs import InputSpec, OutputSpec
 
@@ -392,6 +393,8 @@ class BioImageIOAdapter(Adapter):
 
     def held_out_samples(self) -> list[np.ndarray]:
         """Return the package's test inputs, preprocessed: the accuracy guard measures on them too."""
+        if self.descr.inputs[0].test_tensor is None:
+            return []
         x, _ = self.test_tensors()
         return [self.preprocess(x)]
 
@@ -414,13 +417,7 @@ class BioImageIOAdapter(Adapter):
 def _parse_tile(tile: Sequence[int] | str | None, ndim: int) -> tuple[int, ...] | None:
     if tile is None:
         return None
-    if isinstance(tile, str):
-        try:
-            tile = [int(t) for t in tile.replace("x", ",").split(",") if t.strip()]
-        except ValueError as exc:
-            msg = f"tile {tile!r} is not understood: write sizes separated by commas, e.g. 32,128,128"
-            raise InputError(msg) from exc
-    out = tuple(int(t) for t in tile)
+    out = _tile(tile, ndim)
     if len(out) != ndim:
         msg = f"tile {out} has {len(out)} sizes but the package's input has {ndim} space axes: give one size per axis"
         raise InputError(msg)
