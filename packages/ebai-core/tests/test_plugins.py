@@ -115,7 +115,7 @@ def test_known_backend_not_installed(fake_entry_points) -> None:
     fake_entry_points({})
     with pytest.raises(PluginNotFoundError) as info:
         get_backend("tensorrt")
-    assert str(info.value) == "backend 'tensorrt' is not installed: pip install ebai-tensorrt"
+    assert str(info.value) == "backend 'tensorrt' is not installed: pip install 'ebai-tensorrt[cu12]'"
 
 
 def test_unknown_plugin_lists_installed(fake_entry_points, fake_module) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 
 __all__ = [
     "INIT_SEED",
@@ -58,7 +59,7 @@ def import_torch(extra: str = "torch") -> Any:
     try:
         import torch
     except ImportError as exc:
-        msg = f"pip install 'ebai-adapters[{extra}]'"
+        msg = install_line(extra)
         raise MissingDependencyError(msg) from exc
     return torch
 

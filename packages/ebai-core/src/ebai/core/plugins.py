@@ -17,6 +17,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from ebai.core.errors import BackendUnavailableError, MissingDependencyError, PluginNotFoundError
+from ebai.core.install_hints import plugin_install_line
 
 __all__ = [
     "ADAPTERS",
@@ -36,20 +37,6 @@ ADAPTERS = "ebai.adapters"
 CLI = "ebai.cli"
 
 _KIND = {BACKENDS: "backend", ADAPTERS: "adapter", CLI: "command"}
-#: Where a plugin that is not installed at all comes from, for the error message.
-_KNOWN_HOMES = {
-    (BACKENDS, "openvino"): "ebai-openvino",
-    (BACKENDS, "tensorrt"): "ebai-tensorrt",
-    (ADAPTERS, "torch"): "ebai-adapters",
-    (ADAPTERS, "monai"): "ebai-adapters[monai]",
-    (ADAPTERS, "cellpose"): "ebai-adapters[cellpose]",
-    (ADAPTERS, "mmv_im2im"): "ebai-adapters[mmv_im2im]",
-    (CLI, "compress"): "ebai-compress",
-    (ADAPTERS, "task"): "ebai-tasks",
-    (CLI, "demo"): "ebai-tasks",
-    (CLI, "report"): "ebai-tasks",
-    (CLI, "sweep"): "ebai-tasks",
-}
 
 
 @dataclass(frozen=True)
@@ -163,9 +150,9 @@ def entry_point(group: str, name: str) -> EntryPoint:
     eps = _entry_points(group)
     if name not in eps:
         kind = _KIND.get(group, "plugin")
-        home = _KNOWN_HOMES.get((group, name))
+        home = plugin_install_line(group, name)
         if home:
-            msg = f"{kind} {name!r} is not installed: pip install {home}"
+            msg = f"{kind} {name!r} is not installed: {home}"
             raise PluginNotFoundError(msg)
         known = ", ".join(sorted(eps)) or "none"
         msg = f"unknown {kind} {name!r}: installed {kind}s are {known}"

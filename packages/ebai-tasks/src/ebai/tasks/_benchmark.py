@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ebai.core.errors import MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.core.progress import progress
 from ebai.tasks._adapter import TaskAdapter
 from ebai.tasks._task import CALIBRATION_SEED, TEST_SEED, Task
@@ -37,7 +38,7 @@ __all__ = ["BASELINES", "BenchSettings", "Row", "TaskTable", "distill_steps", "m
 
 logger = logging.getLogger("ebai")
 
-_INSTALL = "pip install ebai-compress ebai-openvino"
+_INSTALL = install_line("tasks")
 #: Row keys the speed-up and energy-saving columns compare against, with their column names.
 BASELINES = {"torch": "PyTorch", "openvino-f32": "OV f32", "openvino-default": "OV default"}
 

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from ebai.core.files import atomic_dir
+from ebai.core.install_hints import install_line
 from ebai.tasks._benchmark import BASELINES, TaskTable
 
 __all__ = ["format_table", "plot_slices", "plot_table", "report_markdown", "write_report"]
 
-_REPORT_INSTALL = "pip install 'ebai-tasks[report]'"
+_REPORT_INSTALL = install_line("tasks-report")
 #: Rows shown in the slice figure (the paper's Fig. 3: input, ground truth, fp32, int8), in order.
 _SLICE_ROWS = (
     ("torch", "PyTorch fp32"),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ebai.core.files import atomic_dir
+from ebai.core.install_hints import install_line
 from ebai.core.progress import progress
 from ebai.tasks._adapter import TaskAdapter
 from ebai.tasks._benchmark import (
@@ -388,7 +389,7 @@ def write_sweep(
         ]
         lines += [f"![{name}]({name})" for name in images]
         if not images:
-            lines.append("The plot was not made because matplotlib is missing: pip install 'ebai-tasks[report]'")
+            lines.append(f"The plot was not made because matplotlib is missing: {install_line('tasks-report')}")
         errors = [p for p in result.points if p.error]
         for p in errors:
             lines.append(f"- {p.method.upper()} {p.ratio}: {p.error}")

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from ebai.core.errors import InputError
+from ebai.core.install_hints import install_line
 
 __all__ = ["demo", "report", "sweep"]
 
@@ -111,7 +112,7 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
         command=_command_line(),
         overwrite=overwrite,
     )
-    extra = f" and {len(images)} PNG plots" if images else " (no PNG plots: pip install 'ebai-tasks[report]')"
+    extra = f" and {len(images)} PNG plots" if images else f" (no PNG plots: {install_line('tasks-report')})"
     click.echo(f"report: {folder}/README.md{extra}; took {time.perf_counter() - started:.0f} s")
 
 

@@ -14,6 +14,7 @@ import yaml
 
 from ebai.core.artifact import Artifact
 from ebai.core.errors import EbaiError, InputError
+from ebai.core.install_hints import install_line
 from ebai.core.manifest import TargetRecord
 from ebai.core.plugins import ADAPTERS, get_adapter, plugin_names
 
@@ -62,7 +63,7 @@ def load_adapter(source: dict[str, Any] | Any) -> tuple[Any | None, str]:
     if not name:
         return None, "the artifact names no adapter"
     if name not in plugin_names(ADAPTERS):
-        return None, f"adapter {name!r} is not installed here (pip install ebai-adapters)"
+        return None, f"adapter {name!r} is not installed here ({install_line('adapters')})"
     try:
         adapter = get_adapter(name).from_config(dict(source.get("config") or {}))
     except (EbaiError, ImportError, TypeError, ValueError) as exc:
