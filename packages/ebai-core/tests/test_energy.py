@@ -14,6 +14,7 @@ from ebai.core.energy import (
     EnergySpread,
     _describe,
     _spread,
+    indistinct_groups,
     measure_energy,
     measure_energy_interleaved,
 )
@@ -140,3 +141,31 @@ def test_interleaved_energy_takes_one_window_per_call_per_round(monkeypatch: pyt
     assert order == ["a", "b"] + ["a", "b"] * 3
     assert out["a"].windows == out["b"].windows == 3
     assert (out["a"].low, out["a"].high) == (3.0, 7.0)  # windows measured after calls 3, 5, 7
+
+
+def test_rows_within_each_others_spread_share_a_letter() -> None:
+    def spread(low: float, high: float) -> EnergySpread:
+        return EnergySpread((low + high) / 2, low, high, 3, "estimated", "")
+
+    rows = {
+        "torch": spread(1.0, 1.2),
+        "openvino-f32": spread(0.33, 0.62),
+        "openvino-default": spread(0.30, 0.70),  # the contradiction: within the f32 row's spread
+        "openvino-int8": spread(0.10, 0.12),
+        "pruned": spread(0.11, 0.13),  # overlaps int8 only
+        "gpu": None,  # not measured
+    }
+    assert indistinct_groups(rows) == {
+        "openvino-f32": "A",
+        "openvino-default": "A",
+        "openvino-int8": "B",
+        "pruned": "B",
+    }
+    assert indistinct_groups({"a": spread(0.1, 0.2), "b": spread(0.3, 0.4)}) == {}
+
+
+def test_energy_available_follows_codecarbon(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ebai.core.energy import energy_available
+
+    monkeypatch.setitem(sys.modules, "codecarbon", None)
+    assert energy_available() is False

@@ -37,6 +37,7 @@ __all__ = [
     "EnergyResult",
     "EnergySpread",
     "energy_available",
+    "indistinct_groups",
     "measure_energy",
     "measure_energy_interleaved",
 ]
@@ -365,3 +366,33 @@ def _spread(results: list[EnergyResult]) -> EnergySpread:
         label=results[-1].label,
         source=results[-1].source,
     )
+
+
+def indistinct_groups(spreads: Mapping[str, EnergySpread | None]) -> dict[str, str]:
+    """Letter the rows whose energies the measurement cannot tell apart.
+
+    Rows whose spreads overlap, directly or through a chain of overlaps, share a letter (``"A"``,
+    ``"B"``...); a row apart from all others gets none. Tables print the letter beside the energy
+    so that a reader does not take a difference inside the noise for a saving.
+
+    Returns
+    -------
+    dict of str to str
+        Row name -> letter, for the rows in a group of two or more only.
+    """
+    names = [n for n, s in spreads.items() if s is not None]
+    group = {n: i for i, n in enumerate(names)}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            sa, sb = spreads[a], spreads[b]
+            if sa is not None and sb is not None and sa.overlaps(sb) and group[a] != group[b]:
+                old, new = group[b], group[a]
+                group = {n: new if g == old else g for n, g in group.items()}
+    sizes: dict[int, int] = {}
+    for g in group.values():
+        sizes[g] = sizes.get(g, 0) + 1
+    letters: dict[int, str] = {}
+    for n in names:  # letters in row order
+        if sizes[group[n]] > 1 and group[n] not in letters:
+            letters[group[n]] = chr(ord("A") + len(letters) % 26)
+    return {n: letters[group[n]] for n in names if group[n] in letters}
