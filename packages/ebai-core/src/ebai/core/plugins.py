@@ -8,12 +8,16 @@ up never imports another plugin's code, and a missing or broken one is reported 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from ebai.core.errors import BackendUnavailableError, MissingDependencyError, PluginNotFoundError
@@ -29,6 +33,7 @@ __all__ = [
     "get_adapter",
     "get_backend",
     "get_plugin",
+    "import_object",
     "plugin_names",
 ]
 
@@ -115,18 +120,75 @@ class PluginSpec:
 
     def load(self) -> Any:
         """Import and return the implementation; a missing dependency names its install line."""
-        module_name, _, attr = self.target.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            return import_object(self.target)
         except ImportError as exc:
             if isinstance(exc, MissingDependencyError):
                 raise
             msg = f"{self.name!r} cannot be imported ({exc}): {self.install_line}"
             raise MissingDependencyError(msg) from exc
-        obj: Any = module
-        for part in attr.split(".") if attr else ():
-            obj = getattr(obj, part)
-        return obj
+
+
+def import_object(ref: str) -> Any:
+    """Return the object named by ``package.module:attr`` or ``path/to/file.py:attr``.
+
+    The one ``module:attr`` resolver of ebai: entry-point targets, model factories
+    (``ebai compress model.py:build``) and fine-tuning callbacks all go through it. The attribute
+    may be dotted (``module:Class.build``) or empty (the module itself). A ``.py`` file is imported
+    once under a name made from its path, with its folder importable meanwhile so that its own
+    sibling imports work.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a ``.py`` file is named and does not exist.
+    ImportError
+        When the module cannot be imported (as Python raised it, so callers can name the install).
+    AttributeError
+        When the module has no such attribute.
+    """
+    left, sep, attr = ref.rpartition(":")
+    if not sep:
+        left, attr = ref, ""
+    if left.endswith(".py"):
+        path = Path(left).expanduser()
+        if not path.is_file():
+            msg = f"no such Python file: {left!r}"
+            raise FileNotFoundError(msg)
+        obj: Any = _import_file(path)
+    else:
+        obj = importlib.import_module(left)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import_file(path: Path) -> Any:
+    """Import a Python file as a uniquely named module (its folder is importable meanwhile)."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"_ebai_user_{stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        msg = f"{str(path)!r} cannot be imported as Python: give a .py file"
+        raise ImportError(msg)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        if added:
+            sys.path.remove(folder)
+    return module
 
 
 @cache
