@@ -86,7 +86,9 @@ def import_factory(ref: str) -> Callable[..., Any]:
     except ModuleNotFoundError as exc:
         if left.endswith(".py"):
             raise
-        msg = f"module {left!r} of {ref!r} cannot be imported ({exc}): install its package or give path/to/file.py:{attr}"
+        msg = (
+            f"module {left!r} of {ref!r} cannot be imported ({exc}): install its package or give path/to/file.py:{attr}"
+        )
         raise InputError(msg) from exc
     except AttributeError:
         msg = f"{left!r} has no {attr!r}: name a function or class defined there"
