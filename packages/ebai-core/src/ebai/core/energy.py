@@ -337,20 +337,13 @@ def measure_energy_interleaved(
     if rounds < 1 or warmup < 0:
         msg = f"interleaved energy needs rounds >= 1 and warmup >= 0, got {rounds} and {warmup}"
         raise InputError(msg)
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    windows: dict[str, list[EnergyResult]] = {name: [] for name in calls}
-    steps: Any = range(rounds)
-    if desc is not None:
-        from ebai.core.progress import progress
+    from ebai.core.latency import interleave
 
-        steps = progress(steps, desc=desc, total=rounds, unit="round")
-    for _ in steps:
-        for name, fn in calls.items():
-            windows[name].append(
-                measure_energy(fn, repeats=1, warmup=0, min_duration_s=min_duration_s, tracking_mode=tracking_mode)
-            )
+    windows: dict[str, list[EnergyResult]] = {name: [] for name in calls}
+    for name, fn in interleave(calls, rounds=rounds, warmup=warmup, desc=desc):
+        windows[name].append(
+            measure_energy(fn, repeats=1, warmup=0, min_duration_s=min_duration_s, tracking_mode=tracking_mode)
+        )
     return {name: _spread(results) for name, results in windows.items()}
 
 

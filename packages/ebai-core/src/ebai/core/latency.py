@@ -10,7 +10,7 @@ the machine's load during the measurement slows every call alike instead of favo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from ebai.core.errors import InputError
 
-__all__ = ["LatencyStats", "measure_interleaved", "measure_latency"]
+__all__ = ["LatencyStats", "interleave", "measure_interleaved", "measure_latency"]
 
 
 @dataclass(frozen=True)
@@ -132,19 +132,30 @@ def measure_interleaved(
     if rounds < 1 or repeats < 1 or warmup < 0:
         msg = f"interleaved timing needs rounds >= 1, repeats >= 1 and warmup >= 0, got {rounds}, {repeats}, {warmup}"
         raise InputError(msg)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for name, fn in interleave(calls, rounds=rounds, warmup=warmup, desc=desc):
+        for _ in range(repeats):
+            start = timer()
+            fn()
+            samples[name].append(timer() - start)
+    return {name: LatencyStats.from_samples(s) for name, s in samples.items()}
+
+
+def interleave(
+    calls: Mapping[str, Callable[[], Any]], *, rounds: int, warmup: int = 1, desc: str | None = None
+) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """Yield ``(name, fn)`` for every call in turn, ``rounds`` times, after ``warmup`` untimed calls of each.
+
+    The order every interleaved measurement (time here, energy in :mod:`ebai.core.energy`) follows;
+    ``desc`` labels a progress bar over the rounds.
+    """
     for fn in calls.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
     steps: Any = range(rounds)
     if desc is not None:
         from ebai.core.progress import progress
 
         steps = progress(steps, desc=desc, total=rounds, unit="round")
     for _ in steps:
-        for name, fn in calls.items():
-            for _ in range(repeats):
-                start = timer()
-                fn()
-                samples[name].append(timer() - start)
-    return {name: LatencyStats.from_samples(s) for name, s in samples.items()}
+        yield from calls.items()
