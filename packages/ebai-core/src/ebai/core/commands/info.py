@@ -11,7 +11,7 @@ from ebai.core.hardware import cpu_info, nvidia_gpus
 from ebai.core.install_hints import install_line
 from ebai.core.plugins import ADAPTERS, BACKENDS, CLI, get_plugin, plugin_names
 
-_PACKAGES = ("ebai-core", "ebai-compress", "ebai-openvino", "ebai-tensorrt", "ebai-adapters")
+_PACKAGES = ("ebai-core", "ebai-compress", "ebai-openvino", "ebai-tensorrt", "ebai-adapters", "ebai-tasks")
 
 
 def _plugins(group: str) -> list[dict[str, str | bool]]:
