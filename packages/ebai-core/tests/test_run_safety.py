@@ -341,3 +341,22 @@ def test_prediction_bytes_stages() -> None:
     assert prediction_bytes((64, 1024, 1024), 1, 1, 2) == 512 * mib
     # three output channels
     assert prediction_bytes((64, 1024, 1024), 1, 3, 4) == 1024 * mib
+
+
+def test_info_shows_provenance_without_running_the_source(tmp_path: Path, fake_entry_points) -> None:
+    fake_entry_points({CLI: {"info": "ebai.core.commands.info:info"}})
+    art = make_artifact(tmp_path / "a")
+    marker = tmp_path / "marker"
+    source = malicious_sources(marker, tmp_path / "f" / "net.py")[0]
+    edit_manifest(art, rehash=True, source=source, versions={"ebai-compress": "0.1.0"})
+    result = invoke("info", art)
+    assert result.exit_code == 0, result.output
+    assert "made with: ebai-compress 0.1.0" in result.output
+    assert "never imported or run without --trust-source" in result.output and "subprocess:run" in result.output
+    assert "target numpy:fp32: no guard record" in result.output
+    data = json.loads(invoke("info", art, "--json").output)
+    assert data["source"] == source and len(data["manifest_sha256"]) == 64
+    assert not marker.exists()
+    edit_manifest(art, rehash=False, name="renamed")
+    result = invoke("info", art)
+    assert result.exit_code == 1 and "does not match its own sha256" in one_error_line(result.output)
