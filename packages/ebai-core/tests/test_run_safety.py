@@ -118,13 +118,20 @@ def malicious_sources(marker: Path, cache_file: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------ code execution
 
+ROUTES = pytest.mark.parametrize("which", [0, 1], ids=["module-function", "factory-file-in-unhashed-cache"])
 
-@pytest.mark.parametrize("which", [0, 1], ids=["module-function", "factory-file-in-unhashed-cache"])
-def test_edited_manifest_without_rehash_is_refused(plugins, tmp_path: Path, which: int) -> None:
+
+def tampered(tmp_path: Path, which: int, rehash: bool) -> tuple[Path, Path]:
+    """An artifact whose manifest source names code that would touch the returned marker."""
     art = make_artifact(tmp_path / "a")
     marker = tmp_path / "marker"
-    source = malicious_sources(marker, art / "cache" / "evil.py")[which]
-    edit_manifest(art, rehash=False, source=source)
+    edit_manifest(art, rehash=rehash, source=malicious_sources(marker, art / "cache" / "evil.py")[which])
+    return art, marker
+
+
+@ROUTES
+def test_edited_manifest_without_rehash_is_refused(plugins, tmp_path: Path, which: int) -> None:
+    art, marker = tampered(tmp_path, which, rehash=False)
     for args in (
         ("benchmark", art, "--against-torch", "--trust-source", "--no-energy", "--repeats", "1"),
         ("run", art, images(tmp_path / "in", 1)[0], "-o", tmp_path / "out"),
@@ -135,12 +142,9 @@ def test_edited_manifest_without_rehash_is_refused(plugins, tmp_path: Path, whic
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["module-function", "factory-file-in-unhashed-cache"])
+@ROUTES
 def test_rehashed_manifest_code_is_never_run_without_trust(plugins, tmp_path: Path, which: int) -> None:
-    art = make_artifact(tmp_path / "a")
-    marker = tmp_path / "marker"
-    source = malicious_sources(marker, art / "cache" / "evil.py")[which]
-    edit_manifest(art, rehash=True, source=source)
+    art, marker = tampered(tmp_path, which, rehash=True)
     result = invoke("benchmark", art, "--against-torch", "--no-energy", "--repeats", "1", "--warmup", "0")
     assert result.exit_code == 1
     line = one_error_line(result.output)
