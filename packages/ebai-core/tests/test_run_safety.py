@@ -8,6 +8,7 @@ source that would create a marker file if anything it names were ever imported o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -242,6 +243,11 @@ def test_an_input_image_is_never_replaced(plugins, tmp_path: Path, overwrite: bo
     # the same through another spelling of the folder
     result = invoke("run", art, inputs[0], "-o", tmp_path / "in" / ".." / "in", "--overwrite")
     assert result.exit_code == 1 and inputs[0].read_bytes() == before[0]
+    # and through a hard link to the input where the prediction would go
+    (tmp_path / "linked").mkdir()
+    os.link(inputs[1], tmp_path / "linked" / inputs[1].name)
+    result = invoke("run", art, inputs[1], "-o", tmp_path / "linked", "--overwrite")
+    assert result.exit_code == 1 and "would replace the input image" in one_error_line(result.output)
 
 
 def test_one_corrupt_tiff_among_ten(plugins, tmp_path: Path) -> None:

@@ -42,26 +42,27 @@ def output_name(path: Path) -> str:
     return path.stem + ".tif"
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
+def _identity(path: Path) -> tuple[int, int] | None:
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
+        st = os.stat(path)
     except OSError:
-        return False
+        return None
+    return st.st_dev, st.st_ino
 
 
 def refuse_replacing_inputs(pairs: list[tuple[Path, Path]]) -> None:
-    """Raise when any output path is one of the input files (same path, link or hard link)."""
-    inputs = [p for p, _ in pairs]
+    """Raise when any output path is one of the input files (same path, symbolic or hard link)."""
+    by_path = {os.path.realpath(p): p for p, _ in pairs}
+    by_inode = {ident: p for p, _ in pairs if (ident := _identity(p)) is not None}
     for _, dest in pairs:
-        for path in inputs:
-            if _same_file(path, dest):
-                msg = (
-                    f"the prediction {str(dest)!r} would replace the input image {str(path)!r}: ebai never writes over "
-                    "its inputs; give another output folder with -o"
-                )
-                raise InputError(msg)
+        ident = _identity(dest)
+        path = by_path.get(os.path.realpath(dest)) or (by_inode.get(ident) if ident is not None else None)
+        if path is not None:
+            msg = (
+                f"the prediction {str(dest)!r} would replace the input image {str(path)!r}: ebai never writes over "
+                "its inputs; give another output folder with -o"
+            )
+            raise InputError(msg)
 
 
 def _nonfinite(x: np.ndarray) -> int:
