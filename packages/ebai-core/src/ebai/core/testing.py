@@ -113,13 +113,11 @@ def check_adapter(adapter: ModelSource, sample: np.ndarray | None = None, *, run
 
 def _check_rebuild(description: Mapping[str, Any]) -> None:
     """Rebuild the adapter from its description through the registry, when it is registered here."""
-    from ebai.core.plugins import ADAPTERS, get_adapter, plugin_names
+    from ebai.core.plugins import ADAPTERS, build_adapter, plugin_names
 
-    name = description.get("adapter")
-    if name not in plugin_names(ADAPTERS):
+    if description.get("adapter") not in plugin_names(ADAPTERS):
         return
-    cls = get_adapter(str(name))
-    again = cls.from_config(dict(description.get("config", {}))).describe()
+    again = build_adapter(description).describe()
     assert json.loads(json.dumps(again)) == json.loads(json.dumps(description)), (
         f"rebuilt from its description, the adapter describes itself as {again!r}, not {description!r}"
     )
