@@ -201,6 +201,10 @@ class BioImageIOAdapter(Adapter):
     weight_format
         ``pytorch_state_dict``, ``torchscript`` or ``onnx``; by default the first the package has,
         in that order.
+    check_architecture
+        Import the architecture of ``pytorch_state_dict`` weights now, so a broken reference is
+        reported before any work; ``False`` runs no code of the package until the network is loaded
+        (the exporter reads only the description).
 
     Notes
     -----
@@ -218,6 +222,7 @@ class BioImageIOAdapter(Adapter):
         *,
         tile: Sequence[int] | str | None = None,
         weight_format: str | None = None,
+        check_architecture: bool = True,
     ) -> None:
         self.source = str(Path(source).expanduser().resolve())
         self.descr = read_model_description(self.source)
@@ -263,7 +268,7 @@ class BioImageIOAdapter(Adapter):
         self._out_channels = _channels(out.axes)
         self.tolerance = _tolerance(descr)
         self._procs: Any = None
-        if self.weight_format == "pytorch_state_dict":
+        if check_architecture and self.weight_format == "pytorch_state_dict":
             self._check_architecture()
 
     # ------------------------------------------------------------------------------ reading

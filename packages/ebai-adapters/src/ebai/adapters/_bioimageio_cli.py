@@ -25,7 +25,14 @@ __all__ = ["export"]
     help="Measure latency and energy for the package's documentation page.",
 )
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1), help="Timed calls per engine.")
-def export(artifact: Path, as_bioimageio: bool, output: Path, overwrite: bool, benchmark: bool, repeats: int) -> None:
+@click.option(
+    "--trust-source",
+    is_flag=True,
+    help="Time the original network in PyTorch eager too (runs the package's architecture code).",
+)
+def export(
+    artifact: Path, as_bioimageio: bool, output: Path, overwrite: bool, benchmark: bool, repeats: int, trust_source: bool
+) -> None:
     """Write ARTIFACT (made by ebai compress --bioimageio) as a bioimage.io model package.
 
     The package holds the compressed network as ONNX weights that bioimageio.core runs, the
@@ -37,5 +44,7 @@ def export(artifact: Path, as_bioimageio: bool, output: Path, overwrite: bool, b
     if not as_bioimageio:
         msg = "say which format to export to: --bioimageio (the only one so far)"
         raise InputError(msg)
-    path = export_bioimageio(artifact, output, overwrite=overwrite, benchmark=benchmark, benchmark_repeats=repeats)
+    path = export_bioimageio(
+        artifact, output, overwrite=overwrite, benchmark=benchmark, benchmark_repeats=repeats, trust_source=trust_source
+    )
     click.echo(f"bioimage.io package {path}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import PluginSpec
 
 backend = PluginSpec(
     name="openvino",
     package="ebai-openvino",
-    target="ebai.openvino.backend:OpenVINOBackend",
+    target="ebai.openvino._backend:OpenVINOBackend",
     requires=("openvino", "nncf"),
-    install="pip install ebai-openvino",
+    install=install_line("openvino"),
 )

@@ -1,6 +1,6 @@
 """``ebai demo``, ``ebai report`` and ``ebai sweep``: the paper's evidence, reproduced on this machine.
 
-Registered in the ``ebai.cli`` entry-point group by ebai-adapters. Each command checks its output
+Registered in the ``ebai.cli`` entry-point group by ebai-tasks. Each command checks its output
 folder before any work, compresses the shipped reference networks through ebai-compress and the
 installed backends, prints its table and writes a report folder atomically.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from ebai.core.errors import InputError
+from ebai.core.install_hints import install_line
 
 __all__ = ["demo", "report", "sweep"]
 
@@ -48,13 +49,14 @@ def _report_options(default: str, help_output: str) -> Callable[[Callable[..., A
 
 
 def _echo_table(table: Any) -> None:
-    from ebai.adapters.tasks._report import format_table
+    from ebai.tasks._report import energy_note, format_table
 
     click.echo()
     click.echo(
         f"{table.title}: held-out volume {'x'.join(map(str, table.volume))}, tile {'x'.join(map(str, table.tile))}"
     )
     click.echo(format_table(table))
+    click.echo(f"energy: {table.energy_label} ({table.energy_source}); {energy_note(table)}")
 
 
 def _split(value: str, what: str) -> list[str]:
@@ -91,10 +93,12 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     tile, and latency, energy and accuracy against the ground truth are measured side by side with
     PyTorch and OpenVINO's own default.
     """
-    from ebai.adapters.tasks._benchmark import BenchSettings, measure_task, require_compression
-    from ebai.adapters.tasks._registry import get_task
-    from ebai.adapters.tasks._report import write_report
     from ebai.core.files import check_output
+    from ebai.tasks._benchmark import measure_task
+    from ebai.tasks._registry import get_task
+    from ebai.tasks._report import write_report
+    from ebai.tasks._settings import BenchSettings
+    from ebai.tasks._variants import require_compression
 
     check_output(output, overwrite)
     require_compression()
@@ -103,7 +107,6 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     started = time.perf_counter()
     table = measure_task(task, settings, energy=not no_energy, status=_status)
     _echo_table(table)
-    click.echo(f"energy: {table.energy_label} ({table.energy_source})")
     folder, images = write_report(
         output,
         [table],
@@ -111,7 +114,7 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
         command=_command_line(),
         overwrite=overwrite,
     )
-    extra = f" and {len(images)} PNG plots" if images else " (no PNG plots: pip install 'ebai-adapters[report]')"
+    extra = f" and {len(images)} PNG plots" if images else f" (no PNG plots: {install_line('tasks-report')})"
     click.echo(f"report: {folder}/README.md{extra}; took {time.perf_counter() - started:.0f} s")
 
 
@@ -126,10 +129,12 @@ def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bo
 
     CPU rows always; GPU rows when the TensorRT backend is available here.
     """
-    from ebai.adapters.tasks._benchmark import BenchSettings, measure_task, require_compression
-    from ebai.adapters.tasks._registry import get_task
-    from ebai.adapters.tasks._report import write_report
     from ebai.core.files import check_output
+    from ebai.tasks._benchmark import measure_task
+    from ebai.tasks._registry import get_task
+    from ebai.tasks._report import write_report
+    from ebai.tasks._settings import BenchSettings
+    from ebai.tasks._variants import require_compression
 
     check_output(output, overwrite)
     chosen = [get_task(name) for name in _split(tasks, "--tasks")]
@@ -143,8 +148,6 @@ def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bo
         table = measure_task(task, settings, energy=not no_energy, status=_status)
         tables.append(table)
         _echo_table(table)
-    if tables:
-        click.echo(f"energy: {tables[-1].energy_label} ({tables[-1].energy_source})")
     folder, images = write_report(
         output,
         tables,
@@ -170,10 +173,10 @@ def sweep(
     distilled, quantized to int8 and run by OpenVINO; savings are against the unpruned network in
     OpenVINO at f32.
     """
-    from ebai.adapters.tasks._benchmark import require_compression
-    from ebai.adapters.tasks._registry import get_task
-    from ebai.adapters.tasks._sweep import SweepSettings, format_sweep, run_sweep, write_sweep
     from ebai.core.files import check_output
+    from ebai.tasks._registry import get_task
+    from ebai.tasks._sweep import SweepSettings, format_sweep, run_sweep, write_sweep
+    from ebai.tasks._variants import require_compression
 
     check_output(output, overwrite)
     task = get_task(task_name)

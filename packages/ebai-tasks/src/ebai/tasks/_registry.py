@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
 from functools import cache
 from typing import TYPE_CHECKING
 
 from ebai.core.errors import InputError
+from ebai.core.plugins import import_object
 
 if TYPE_CHECKING:
-    from ebai.adapters.tasks._task import Task
+    from ebai.tasks._task import Task
 
 __all__ = ["TASK_NAMES", "get_task"]
 
 #: Task name -> ``module:class``, in the order of the EfficientBioAI paper's Table 1.
 _TASKS = {
-    "denoising": "ebai.adapters.tasks._denoising:DenoisingTask",
-    "nuclei": "ebai.adapters.tasks._nuclei:NucleiTask",
-    "labelfree": "ebai.adapters.tasks._labelfree:LabelFreeTask",
-    "semantic": "ebai.adapters.tasks._semantic:SemanticTask",
+    "denoising": "ebai.tasks._denoising:DenoisingTask",
+    "nuclei": "ebai.tasks._nuclei:NucleiTask",
+    "labelfree": "ebai.tasks._labelfree:LabelFreeTask",
+    "semantic": "ebai.tasks._semantic:SemanticTask",
 }
 #: The reference tasks' names, in table order.
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
@@ -31,5 +31,4 @@ def get_task(name: str) -> Task:
     if key not in _TASKS:
         msg = f"unknown task {name!r}: use one of {', '.join(TASK_NAMES)}"
         raise InputError(msg)
-    module, _, cls = _TASKS[key].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return import_object(_TASKS[key])()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import PluginSpec
 
 __all__ = ["task"]
 
 task = PluginSpec(
     name="task",
-    package="ebai-adapters",
-    target="ebai.adapters.tasks._adapter:TaskAdapter",
+    package="ebai-tasks",
+    target="ebai.tasks._adapter:TaskAdapter",
     requires=("torch", "monai", "safetensors"),
-    install="pip install 'ebai-adapters[tasks]'",
+    install=install_line("tasks"),
 )
