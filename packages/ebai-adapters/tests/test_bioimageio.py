@@ -273,7 +273,8 @@ def test_state_dict_package_is_pruned_quantized_exported_with_benchmark(packages
     assert manifest["pruning"]["params_after"] < manifest["pruning"]["params_before"]
     zip_path = tmp_path / "exported.zip"
     result = CliRunner().invoke(
-        cli, ["export", str(tmp_path / "m.ebai"), "--bioimageio", "--repeats", "2", "--trust-source", "-o", str(zip_path)]
+        cli,
+        ["export", str(tmp_path / "m.ebai"), "--bioimageio", "--repeats", "2", "--trust-source", "-o", str(zip_path)],
     )
     assert result.exit_code == 0, result.output
     summary = test_model(zip_path)

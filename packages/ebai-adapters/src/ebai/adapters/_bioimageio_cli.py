@@ -31,7 +31,13 @@ __all__ = ["export"]
     help="Time the original network in PyTorch eager too (runs the package's architecture code).",
 )
 def export(
-    artifact: Path, as_bioimageio: bool, output: Path, overwrite: bool, benchmark: bool, repeats: int, trust_source: bool
+    artifact: Path,
+    as_bioimageio: bool,
+    output: Path,
+    overwrite: bool,
+    benchmark: bool,
+    repeats: int,
+    trust_source: bool,
 ) -> None:
     """Write ARTIFACT (made by ebai compress --bioimageio) as a bioimage.io model package.
 

@@ -220,7 +220,10 @@ def export_bioimageio(
         raise InputError(msg)
     config = source.get("config") or {}
     adapter = BioImageIOAdapter(
-        config.get("source", ""), tile=config.get("tile"), weight_format=config.get("weight_format"), check_architecture=False
+        config.get("source", ""),
+        tile=config.get("tile"),
+        weight_format=config.get("weight_format"),
+        check_architecture=False,
     )
     original = adapter.descr
     spatial = adapter.input_spec.spatial_axes

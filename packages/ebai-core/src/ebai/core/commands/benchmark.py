@@ -384,7 +384,9 @@ def benchmark(
         return
     shape, what = tuple(result["input"]["shape"]), result["input"]["what"]
     click.echo(f"{result['name']}: input {shape} ({what}); {rounds} round(s) x {repeats} call(s) per row")
-    click.echo(f"cpu: {cpu['model']}, {cpu['cores']} logical cores; {', '.join(cpu['features']) or 'no AVX-512/VNNI/AMX'}")
+    click.echo(
+        f"cpu: {cpu['model']}, {cpu['cores']} logical cores; {', '.join(cpu['features']) or 'no AVX-512/VNNI/AMX'}"
+    )
     click.echo(benchmark_table(result))
     for note in notes:
         click.echo(f"note: {note}")
