@@ -25,11 +25,12 @@ import numpy as np
 from ebai.adapters._adapter import Adapter
 from ebai.adapters._torch import _tile
 from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.core.specs import InputSpec, OutputSpec
 
 __all__ = ["BioImageIOAdapter", "load_bioimageio", "read_model_description"]
 
-INSTALL = "pip install 'ebai-adapters[bioimageio]'"
+INSTALL = install_line("bioimageio")
 #: Weight formats ebai reads, in the order it prefers them.
 WEIGHT_FORMATS = ("pytorch_state_dict", "torchscript", "onnx")
 #: Tile size aimed at per spatial axis when the package leaves it open (``min + n*step``).

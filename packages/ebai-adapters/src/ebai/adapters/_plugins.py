@@ -49,5 +49,5 @@ bioimageio = PluginSpec(
     package="ebai-adapters",
     target="ebai.adapters._bioimageio:BioImageIOAdapter",
     requires=("torch", "bioimageio.core", "bioimageio.spec"),
-    install="pip install 'ebai-adapters[bioimageio]'",
+    install=install_line("bioimageio"),
 )
