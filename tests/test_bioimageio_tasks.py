@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("openvino")
 
 # The reference tasks: this is the one place naming the package they live in.
-import ebai.adapters.tasks as tasks
+import ebai.tasks as tasks
 
 _spec = importlib.util.spec_from_file_location(
     "ebai_bioimageio_packages",
@@ -80,6 +80,7 @@ def _write_package(task, folder: Path, tile: tuple[int, ...]) -> Path:
     common = {
         "axes": axes,
         "preprocessing": _preprocessing(task, spatial),
+        "out_channels": task.out_channels,
         "min_size": task.divisor,
         "step": task.divisor,
         "model_id": f"ebai-{task.name}",
