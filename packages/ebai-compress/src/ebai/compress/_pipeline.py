@@ -178,6 +178,7 @@ def _lower_target(
     precision: str,
     root: Path,
     onnx_path: Path,
+    model: Any,
     source: ModelSource,
     split: SampleSplit,
     judge: FidelityJudge,
@@ -185,7 +186,11 @@ def _lower_target(
     validation_reference: np.ndarray,
     validation_score: float,
 ) -> tuple[str, Lowering, FidelityRecord, dict[str, Any]]:
-    """Lower every variant, keep the best by the guard; fall back to accuracy control if needed."""
+    """Lower every variant, keep the best by the guard; fall back to accuracy control if needed.
+
+    ``onnx_path`` is the exported fp32 ONNX and ``model`` the torch module it was exported from;
+    a backend gets the one it lowers (see :attr:`ebai.core.Backend.lowers_module`).
+    """
     spec = source.input_spec
     folder = f"{name}-{precision}"
     calibration = [t[np.newaxis] for t in split.calibration]
@@ -194,9 +199,14 @@ def _lower_target(
     for i, options in enumerate(backend.variants(precision)):
         scratch = root / f".{folder}.variant{i}"
         scratch.mkdir()
-        lowering = backend.lower(
-            onnx_path, scratch, precision=precision, input_spec=spec, calibration=calibration, options=options
-        )
+        if backend.lowers_module:  # a backend that runs the network in PyTorch gets the module itself
+            lowering = backend.lower_module(
+                model, scratch, precision=precision, input_spec=spec, calibration=calibration, options=options
+            )
+        else:
+            lowering = backend.lower(
+                onnx_path, scratch, precision=precision, input_spec=spec, calibration=calibration, options=options
+            )
         outputs = _engine_outputs(backend, scratch, lowering, split.held_out_tiles)
         record = judge.measure(outputs)
         tried.append({"options": dict(options), judge.metric: judge.value(record)})
@@ -399,6 +409,7 @@ def compress(
                 precision,
                 writer.root,
                 exported.path,
+                model,
                 model_source,
                 split,
                 judge,

@@ -40,6 +40,7 @@ _KIND = {BACKENDS: "backend", ADAPTERS: "adapter", CLI: "command"}
 _KNOWN_HOMES = {
     (BACKENDS, "openvino"): "ebai-openvino",
     (BACKENDS, "tensorrt"): "ebai-tensorrt",
+    (BACKENDS, "torch"): "ebai-torch",
     (ADAPTERS, "torch"): "ebai-adapters",
     (ADAPTERS, "monai"): "ebai-adapters[monai]",
     (ADAPTERS, "cellpose"): "ebai-adapters[cellpose]",

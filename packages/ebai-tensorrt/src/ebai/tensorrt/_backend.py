@@ -20,7 +20,7 @@ import numpy as np
 
 from ebai.core.artifact import sha256_file
 from ebai.core.errors import ArtifactError, BackendUnavailableError, InputError
-from ebai.core.interfaces import PRECISIONS, Backend, Lowering, Metric
+from ebai.core.interfaces import Backend, Lowering, Metric
 from ebai.core.specs import InputSpec
 from ebai.tensorrt._build import (
     BUILD_OPTIONS,
@@ -71,7 +71,7 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
-    precisions = PRECISIONS
+    precisions = ("fp32", "fp16", "int8")
 
     def available(self) -> str | None:
         """``None`` when TensorRT, the CUDA bindings, a GPU and a recent enough driver are here."""
