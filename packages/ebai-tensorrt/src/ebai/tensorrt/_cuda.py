@@ -87,7 +87,7 @@ class CudaRuntime:
         return cls(runtime, get_cuda_native_handle)
 
     def stream_handle(self, stream: Any) -> int:
-        """The address of ``stream`` as an int, for ``execute_async_v3``."""
+        """Return the address of ``stream`` as an int, for ``execute_async_v3``."""
         if self._native_handle is not None:
             return int(self._native_handle(stream))
         return int(stream)
