@@ -11,7 +11,9 @@ rebuilds plain tensors from raw bytes with ``torch.as_strided``; but it calls
 ``torch.load(weights_only=False)`` for tensors flagged ``use_pickle`` (tensor subclasses),
 ``pickle.loads`` for "opaque" constants and TorchBind's unpickler for custom objects, falls back
 to ``torch.load(weights_only=False)`` when the sample inputs do not load with the safe unpickler,
-and ``ExportedProgram.module()`` ``exec``-utes the archive's ``guards_code`` strings. So
+and ``ExportedProgram.module()`` compiles the archive's ``guards_code`` strings with ``exec`` into a
+check that runs them on every call (a file whose guard is ``open('x', 'w')`` writes ``x`` when the
+loaded module is called; checked here with torch 2.13). So
 :func:`check_archive` reads the archive first, with the stdlib and the safe unpickler only, and
 refuses any file that would reach one of those paths; ebai's own files never do (plain tensors,
 no guards, ATen operators only).
@@ -80,7 +82,8 @@ def _json(archive: zipfile.ZipFile, name: str) -> Any:
 def check_archive(path: Path) -> dict[str, Any]:
     """Read the ``.pt2`` file without torch's loader and refuse anything that would run code.
 
-    Checks: a zip in the ``pt2`` archive format holding one program; every weight and constant a
+    Checks: a zip in the ``pt2`` archive format whose members all pass their CRC-32 check, holding
+    one program; every weight and constant a
     plain tensor stored as raw bytes (no pickled payloads, no legacy ``.pt`` weights, no custom
     or opaque objects); no ``guards_code``; only ATen/prims operators in the graph; sample inputs
     that the safe unpickler (``torch.load(weights_only=True)``) reads. Returns a summary (operator
@@ -98,6 +101,9 @@ def check_archive(path: Path) -> dict[str, Any]:
         raise _refuse(path, f"not a readable zip archive: {exc}") from exc
     with archive:
         try:
+            bad = archive.testzip()  # every member's CRC-32: torch's own reader does not check them
+            if bad is not None:
+                raise _refuse(path, f"member {bad} is damaged (CRC mismatch)")
             names = archive.namelist()
             roots = {n.split("/", 1)[0] for n in names}
             if len(roots) != 1:
@@ -137,8 +143,11 @@ def check_archive(path: Path) -> dict[str, Any]:
                 import torch
 
                 blob = archive.read(samples)
-                if blob:
-                    torch.load(io.BytesIO(blob), weights_only=True)
+                try:
+                    if blob:
+                        torch.load(io.BytesIO(blob), weights_only=True)
+                except Exception as exc:  # torch would retry with the unsafe unpickler: refuse instead
+                    raise _refuse(path, "its sample inputs hold objects the safe unpickler refuses") from exc
         except ArtifactError:
             raise
         except (KeyError, ValueError, TypeError, AttributeError, zipfile.BadZipFile, OSError, RuntimeError) as exc:

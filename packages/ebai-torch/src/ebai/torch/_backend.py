@@ -197,5 +197,5 @@ class TorchBackend(Backend):
             batch=batch,
             program_sha256=want or sha256_file(entry),
             store=store,
-            stem=directory.name or "torch",
+            stem=f"{lowering.backend}-{precision}",
         )

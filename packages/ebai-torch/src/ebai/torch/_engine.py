@@ -197,7 +197,9 @@ class TorchEngine(Engine):
     def run_tensor(self, x: Any) -> Any:
         """Run a tensor batch ``(N, C, *tile)`` (any float dtype, any device); float32 result on the engine's device."""
         self._check(tuple(x.shape))
-        with self._torch.inference_mode():
+        # no_grad, not inference_mode: tools update the result in place (MONAI's sliding window does),
+        # which inference tensors refuse outside inference mode
+        with self._torch.no_grad():
             return self._run(x.to(self.device, dtype=self._torch.float32))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
