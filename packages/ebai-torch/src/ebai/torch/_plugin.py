@@ -74,7 +74,7 @@ def details() -> str:
     version, cuda = torch_build()
     if version is None:
         return "torch not installed"
-    parts = [f"torch {version}", f"built for CUDA {cuda}" if cuda else "CPU-only build"]
+    parts = [f"torch {version} ({f'built for CUDA {cuda}' if cuda else 'CPU-only build'})"]
     try:
         gpus = query_gpus()
     except Exception:  # details must never break ebai info
