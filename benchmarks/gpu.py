@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="ebai-gpu-bench-") as tmp:
                 engine, score = torch_target(module, spec, args.precision, device, batch, Path(tmp), x, ref)
                 module.to(device)
-                eager_s = timed(lambda x=x: eager(x), device, args.rounds, args.repeats)
+                eager_s = timed(lambda x=x, f=eager: f(x), device, args.rounds, args.repeats)
                 target_s = timed(lambda x=x, e=engine: e.run_tensor(x), device, args.rounds, args.repeats)
                 config = engine.execution_precision
                 engine.close()
