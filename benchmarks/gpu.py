@@ -75,7 +75,7 @@ def networks(names: list[str]) -> list[tuple[str, torch.nn.Module, InputSpec]]:
         if name == "unet32-256":
             out.append((name, monai_unet(), InputSpec(axes="bczyx", channels=1, tile=UNET_TILE)))
             continue
-        from ebai.adapters.tasks import get_task  # the reference tasks (moving to their own package)
+        from ebai.tasks import get_task  # the reference tasks (package ebai-tasks)
 
         task = get_task(name)
         spec = InputSpec(axes=task.axes, channels=task.channels, tile=TASK_TILES[name])

@@ -1,14 +1,13 @@
 """The reference task networks on small tiles, for the ebai-torch tests.
 
-The reference tasks are imported here and nowhere else in these tests (they are moving from
-``ebai.adapters.tasks`` to their own package): change the one import below when they do.
+The reference tasks (package ebai-tasks) are imported here and nowhere else in these tests.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ebai.adapters.tasks import TASK_NAMES, get_task  # the one import of the reference tasks
+from ebai.tasks import TASK_NAMES, get_task  # the one import of the reference tasks
 from ebai.core.specs import InputSpec
 
 #: Smaller tiles than the tasks' own (same divisors), so exports and runs stay quick on 2 cores.
