@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ebai.tasks import TASK_NAMES, get_task  # the one import of the reference tasks
 from ebai.core.specs import InputSpec
+from ebai.tasks import TASK_NAMES, get_task  # the one import of the reference tasks
 
 #: Smaller tiles than the tasks' own (same divisors), so exports and runs stay quick on 2 cores.
 SMALL_TILES = {"denoising": (16, 32, 32), "nuclei": (64, 64), "labelfree": (16, 32, 32), "semantic": (16, 32, 32)}
