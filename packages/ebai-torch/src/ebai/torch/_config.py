@@ -125,7 +125,7 @@ def check_device_support(config: RunConfig, device: Any) -> None:
     """Refuse, in one line, a precision the device cannot compute (bf16 before Ampere)."""
     import torch
 
-    if device.type == "cuda" and config.precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and config.precision == "bf16" and torch.cuda.get_device_capability(device) < (8, 0):
         name = torch.cuda.get_device_name(device)
         msg = f"{name} cannot compute in bf16 (needs compute capability >= 8.0): use the artifact's fp16 or fp32 torch target"
         raise BackendUnavailableError(msg)

@@ -161,15 +161,16 @@ class TorchEngine(Engine):
 
         x = torch.zeros((int(batch), *self.sample_shape), dtype=torch.float32, device=self.device)
         try:
-            run = build_runner(self._program.module(), config, self.device, len(self.sample_shape))
-            run(x)  # first call: compilation, graph capture, cuDNN algorithm search
+            with torch.no_grad():  # as run_tensor runs it: no autograd records, none in a captured graph
+                run = build_runner(self._program.module(), config, self.device, len(self.sample_shape))
+                run(x)  # first call: compilation, graph capture, cuDNN algorithm search
 
-            def call() -> None:
-                run(x)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
+                def call() -> None:
+                    run(x)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
 
-            return measure_latency(call, warmup=1, repeats=5).median_s
+                return measure_latency(call, warmup=1, repeats=5).median_s
         except BackendUnavailableError:
             raise
         except Exception as exc:  # a configuration this machine cannot run is skipped, not fatal
