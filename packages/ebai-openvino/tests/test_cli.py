@@ -221,10 +221,17 @@ def test_benchmark_against_torch_and_energy(plain_artifact, plain_unet, spec_3d,
     manifest = Manifest.from_dict(json.loads((copy / MANIFEST).read_text()))
     (copy / MANIFEST).write_text(Manifest.from_dict({**manifest.to_dict(), "source": adapter.describe()}).to_json())
 
+    # the model the manifest names is code: it runs only with --trust-source, or when the user points at it
+    refused = CliRunner().invoke(cli, ["benchmark", str(copy), "--against-torch", "--no-energy"])
+    assert refused.exit_code == 1 and "would run code the artifact names" in refused.output
     result = invoke(
         "benchmark",
         copy,
         "--against-torch",
+        "--torch-model",
+        f"{factory}:build",
+        "--weights",
+        weights,
         "--json",
         "--repeats",
         "2",
@@ -248,7 +255,9 @@ def test_benchmark_against_torch_and_energy(plain_artifact, plain_unet, spec_3d,
         assert name in result.output
 
 
-def test_benchmark_notes_when_torch_row_is_impossible(plain_artifact) -> None:
-    result = invoke("benchmark", plain_artifact, "--against-torch", "--repeats", "1", "--warmup", "0", "--no-energy")
-    assert result.exit_code == 0, result.output
-    assert "note: PyTorch eager row skipped: the artifact names no adapter" in result.output
+def test_benchmark_asks_for_the_model_when_the_artifact_names_none(plain_artifact) -> None:
+    result = CliRunner().invoke(
+        cli, ["benchmark", str(plain_artifact), "--against-torch", "--repeats", "1", "--warmup", "0", "--no-energy"]
+    )
+    assert result.exit_code == 1
+    assert "the artifact names no adapter: pass --torch-model path/to/file.py:factory" in result.output

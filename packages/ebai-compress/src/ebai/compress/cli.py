@@ -9,6 +9,7 @@ the recipe file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,24 @@ def _model_source(
     from ebai.core.plugins import get_adapter
 
     return get_adapter("torch")(model, weights=weights, trust_pickle=trust_pickle, **given)
+
+
+#: A network's activations take many times its input tile; below this many tiles of free memory
+#: compression cannot run (a mistyped --tile would otherwise fail in a multi-PiB allocation).
+_TILES_OF_MEMORY = 16
+
+
+def _check_tile_fits(spec: Any) -> None:
+    from ebai.core.memory import available_memory, format_bytes
+
+    tile_bytes = 4 * spec.channels * math.prod(spec.tile)
+    free = available_memory()
+    if free is not None and tile_bytes * _TILES_OF_MEMORY > free:
+        msg = (
+            f"tile {','.join(map(str, spec.tile))} is {format_bytes(tile_bytes)} of float32 input per tile and the network "
+            f"needs many times that, but {format_bytes(free)} is free: give a smaller --tile, e.g. 32,128,128"
+        )
+        raise InputError(msg)
 
 
 def _fmt(n: float) -> str:
@@ -169,10 +188,11 @@ def compress(
     from ebai.compress._pipeline import compress as run_compress
     from ebai.compress._recipe import Recipe
     from ebai.core.data import ImageFiles
-    from ebai.core.files import check_output
+    from ebai.core.files import check_output, check_writable_dir
 
     out = Path(output)
     check_output(out, overwrite)
+    check_writable_dir(out.absolute().parent, "folder for the artifact")  # before hours of work, not after
     base = Recipe.from_file(recipe) if recipe else Recipe()
     changes: dict[str, Any] = {}
     if prune_spec:
@@ -192,6 +212,7 @@ def compress(
         adapter_config,
         {"axes": axes, "channels": channels, "tile": tile, "normalization": normalization, "divisor": divisor},
     )
+    _check_tile_fits(source.input_spec)
     images = ImageFiles(list(data), source.input_spec)
     artifact = run_compress(source, images, plan, out, overwrite=overwrite)
     click.echo(summary(artifact.manifest, out))

@@ -4,12 +4,17 @@
 the command asked for. A command whose package fails to import still shows up, and running it
 prints why, so one broken plugin never breaks the rest of the CLI. Errors ebai raises on purpose
 are printed as one line (``--debug`` shows the traceback).
+
+SIGTERM (what SLURM and ``kill`` send) is turned into the same exception path as Ctrl-C, so every
+temporary file is removed on the way out, as after any error.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import click
@@ -31,6 +36,15 @@ def _broken_command(name: str, exc: BaseException) -> click.Command:
         raise click.ClickException(msg)
 
     return broken
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: unwinds like Ctrl-C (temporary files removed), exits with 128 + 15."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    msg = f"signal {signum}"
+    raise Terminated(msg)
 
 
 class LazyGroup(click.Group):
@@ -63,11 +77,12 @@ class LazyGroup(click.Group):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.secho("interrupted: nothing unfinished was written", fg="yellow", err=True)
-            ctx.exit(130)
+            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            click.secho(f"{how}: nothing unfinished was written", fg="yellow", err=True)
+            ctx.exit(128 + signal.SIGTERM if isinstance(exc, Terminated) else 130)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,5 +97,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; SIGTERM cleans up as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(cli.main(prog_name="ebai", standalone_mode=True))

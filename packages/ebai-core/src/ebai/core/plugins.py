@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from ebai.core.errors import BackendUnavailableError, MissingDependencyError, PluginNotFoundError
+from ebai.core.errors import BackendUnavailableError, InputError, MissingDependencyError, PluginNotFoundError
 
 __all__ = [
     "ADAPTERS",
@@ -24,6 +24,7 @@ __all__ = [
     "CLI",
     "Availability",
     "PluginSpec",
+    "build_adapter",
     "clear_cache",
     "get_adapter",
     "get_backend",
@@ -212,3 +213,37 @@ def get_adapter(name: str) -> Any:
         msg = f"adapter {name!r} needs: {spec.install_line}"
         raise MissingDependencyError(msg)
     return spec.load()
+
+
+def build_adapter(description: Mapping[str, Any] | str, config: Mapping[str, Any] | None = None) -> Any:
+    """Rebuild an adapter from its description (a manifest's ``source``), or from a name and its config.
+
+    The one way ebai rebuilds an adapter (``ebai.adapters.build_adapter`` is this function). The
+    class is looked up in the ``ebai.adapters`` entry-point group, so only installed code runs: a
+    third-party tool's adapter is rebuilt as readily as a built-in one, and a missing tool raises
+    :class:`~ebai.core.MissingDependencyError` with its ``pip install`` line. The settings are only
+    passed to the adapter's constructor, which builds pre/post-processing; the network the settings
+    name is built by ``load_module`` alone, which ebai calls on a manifest's adapter only when the
+    user passes ``--trust-source``.
+
+    Parameters
+    ----------
+    description
+        ``{"adapter": name, "config": {...}}`` (a manifest's ``source``), or the adapter name.
+    config
+        Settings when ``description`` is a name, or settings that override the description's.
+    """
+    if isinstance(description, str):
+        name, settings = description, dict(config or {})
+    else:
+        if not isinstance(description, Mapping) or "adapter" not in description:
+            shown = dict(description) if isinstance(description, Mapping) else description
+            msg = f"adapter description {shown!r} names no adapter: it needs an 'adapter' key"
+            raise InputError(msg)
+        settings = description.get("config") or {}
+        if not isinstance(settings, Mapping):
+            msg = f"adapter description's config is a {type(settings).__name__}, not a mapping of settings"
+            raise InputError(msg)
+        name, settings = description["adapter"], {**settings, **(config or {})}
+    cls = get_adapter(str(name))
+    return cls.from_config(settings)

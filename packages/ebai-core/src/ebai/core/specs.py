@@ -54,8 +54,10 @@ class Normalization:
             lo = flat.mean(axis=1)
             hi = lo + flat.std(axis=1)
         shape = (-1,) + (1,) * (x.ndim - 1)
-        scale = np.maximum(hi - lo, 1e-8).reshape(shape)
-        return ((x - lo.reshape(shape)) / scale).astype(np.float32)
+        scale = np.maximum(hi - lo, 1e-8).reshape(shape).astype(np.float32)
+        out = np.subtract(x, lo.reshape(shape).astype(np.float32), dtype=np.float32)
+        out /= scale  # in place: one image-sized array on top of the input, not three
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form stored in manifests."""

@@ -4,6 +4,10 @@ Every row names the precision the hardware computes in, not only the stored one:
 fp32 model in bf16 by default on CPUs that have it, so the table shows the reference model forced
 to f32 and at OpenVINO's default beside the artifact's targets, and, with ``--against-torch``, the
 original model in PyTorch eager mode (what a user runs without ebai).
+
+An artifact is data: the model its manifest names (a ``file.py:factory``, a module, a pickle) is
+code, so the PyTorch row is built from what the user points at (``--torch-model``, ``--weights``),
+or from the manifest only with ``--trust-source``, after printing exactly what will run.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import click
 import numpy as np
 
 from ebai.core.artifact import Artifact
-from ebai.core.commands._run_setup import engine_option, engine_options, load_adapter
+from ebai.core.commands._run_setup import engine_option, engine_options
 from ebai.core.errors import EbaiError, InputError
 from ebai.core.specs import InputSpec
 
@@ -76,16 +80,12 @@ def _precision_label(stored: str, runs: str, default: bool) -> str:
 
 @contextlib.contextmanager
 def _rows(
-    art: Artifact, x: np.ndarray, opts: dict[str, Any], against_torch: bool, notes: list[str]
+    art: Artifact, x: np.ndarray, opts: dict[str, Any], torch_row: _Row | None, notes: list[str]
 ) -> Iterator[list[_Row]]:
     from ebai.core.plugins import get_backend
 
-    rows: list[_Row] = []
+    rows: list[_Row] = [torch_row] if torch_row is not None else []
     with contextlib.ExitStack() as stack:
-        if against_torch:
-            row = _torch_row(art, x, notes)
-            if row is not None:
-                rows.append(row)
         if art.manifest.reference:
             try:
                 ov = get_backend("openvino")
@@ -127,18 +127,46 @@ def _bind(engine: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: engine(x)
 
 
-def _torch_row(art: Artifact, x: np.ndarray, notes: list[str]) -> _Row | None:
-    adapter, why = load_adapter(art.manifest.source)
-    if adapter is None:
-        notes.append(f"PyTorch eager row skipped: {why}")
-        return None
+def _torch_adapter(art: Artifact, torch_model: str | None, weights: Path | None, trust_source: bool) -> Any:
+    """Return the adapter whose ``load_module`` builds the PyTorch row's network; manifest code needs trust."""
+    from ebai.core.plugins import build_adapter
+
+    spec = art.manifest.input
+    if torch_model is not None:  # the user points at the model: their code, their call
+        return build_adapter(
+            "torch",
+            {
+                "model": torch_model,
+                "weights": str(weights) if weights is not None else None,
+                "axes": spec.axes,
+                "channels": spec.channels,
+                "tile": list(spec.tile),
+                "out_channels": art.manifest.output.channels,
+            },
+        )
+    source = dict(art.manifest.source or {})
+    if not source.get("adapter"):
+        msg = "--against-torch needs the original model and the artifact names no adapter: pass --torch-model path/to/file.py:factory (and --weights)"
+        raise InputError(msg)
+    shown = json.dumps(source, sort_keys=True)
+    if not trust_source:
+        msg = (
+            f"--against-torch would run code the artifact names ({shown}): point at the model yourself with "
+            "--torch-model path/to/file.py:factory (and --weights), or pass --trust-source if you trust who made the artifact"
+        )
+        raise InputError(msg)
+    click.echo(f"--trust-source: building the PyTorch model as the artifact says, running: {shown}", err=True)
+    return build_adapter(source)
+
+
+def _torch_row(art: Artifact, x: np.ndarray, torch_model: str | None, weights: Path | None, trust: bool) -> _Row:
+    adapter = _torch_adapter(art, torch_model, weights, trust)
     try:
         import torch
-
-        module = adapter.load_module()
-    except (ImportError, EbaiError) as exc:
-        notes.append(f"PyTorch eager row skipped: the original model cannot be built here ({exc})")
-        return None
+    except ImportError as exc:
+        msg = "the PyTorch row needs torch: pip install torch"
+        raise InputError(msg) from exc
+    module = adapter.load_module()
     tensor = torch.from_numpy(x)
 
     def call() -> np.ndarray:
@@ -194,7 +222,26 @@ def _table(result: dict[str, Any]) -> str:
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option(
-    "--against-torch", is_flag=True, help="Add PyTorch eager on the original model (needs torch and the adapter)."
+    "--against-torch",
+    is_flag=True,
+    help="Add PyTorch eager on the original model: give --torch-model, or --trust-source to build what the artifact names.",
+)
+@click.option(
+    "--torch-model",
+    default=None,
+    metavar="REF",
+    help="The original model for --against-torch: path/to/file.py:factory, package.module:factory or a TorchScript file.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="State dict for --torch-model.",
+)
+@click.option(
+    "--trust-source",
+    is_flag=True,
+    help="Let --against-torch import and run the model code the artifact's manifest names (printed first).",
 )
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Tiles per call.")
 @click.option(
@@ -218,6 +265,9 @@ def _table(result: dict[str, Any]) -> str:
 def benchmark(
     artifact: Path,
     against_torch: bool,
+    torch_model: str | None,
+    weights: Path | None,
+    trust_source: bool,
     batch_size: int,
     repeats: int,
     warmup: int,
@@ -241,7 +291,8 @@ def benchmark(
     opts = engine_options(options)
     x, what = _input_batch(art.manifest.input, batch_size, image, seed)
     notes: list[str] = []
-    with _rows(art, x, opts, against_torch, notes) as rows:
+    torch_row = _torch_row(art, x, torch_model, weights, trust_source) if against_torch or torch_model else None
+    with _rows(art, x, opts, torch_row, notes) as rows:
         if not rows:
             msg = f"nothing to benchmark in {str(artifact)!r}: {'; '.join(notes) or 'it holds no targets'}"
             raise InputError(msg)
