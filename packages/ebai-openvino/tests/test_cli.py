@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,7 +249,7 @@ def test_benchmark_against_torch_and_energy(plain_artifact, plain_unet, spec_3d,
     assert rows["openvino f32 (reference.onnx)"]["pearson"] >= 0.9999
     assert data["input"]["shape"] == [2, 1, *spec_3d.tile]
 
-    result = invoke("benchmark", copy, "--repeats", "1", "--warmup", "0", "--energy")
+    result = invoke("benchmark", copy, "--repeats", "1", "--warmup", "0", "--energy", "--energy-seconds", "0.2")
     assert result.exit_code == 0, result.output
     assert "J/image" in result.output and ("estimated" in result.output or "measured" in result.output)
     for name in ("openvino f32 (reference.onnx)", "openvino:int8"):
@@ -261,3 +262,13 @@ def test_benchmark_asks_for_the_model_when_the_artifact_names_none(plain_artifac
     )
     assert result.exit_code == 1
     assert "the artifact names no adapter: pass --torch-model path/to/file.py:factory" in result.output
+
+
+def test_benchmark_without_codecarbon_says_energy_is_not_measured(plain_artifact, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "codecarbon", None)  # as if ebai-core was installed without [energy]
+    result = invoke("benchmark", plain_artifact, "--repeats", "1", "--warmup", "0", "--energy")
+    assert result.exit_code == 0, result.output
+    assert "note: energy not measured: pip install 'ebai-core[energy]'" in result.output
+    assert result.output.count("pip install 'ebai-core[energy]'") == 1  # one clear line, not one per row
+    table = result.output.split("note:")[0]
+    assert table.count("not measured") == 4  # the energy cell of each row

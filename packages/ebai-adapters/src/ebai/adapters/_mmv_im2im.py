@@ -41,13 +41,14 @@ from ebai.adapters._loading import import_torch, seeded_init
 from ebai.adapters._torch import _tile
 from ebai.core.configfile import load_yaml
 from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
 __all__ = ["MmvIm2ImAdapter", "read_mmv_config"]
 
 logger = logging.getLogger("ebai")
 
-_INSTALL = "pip install 'ebai-adapters[mmv_im2im]'"
+_INSTALL = install_line("mmv_im2im")
 #: Ops that load, add a channel, convert or augment: ebai reads and crops images itself.
 _SKIPPED_OPS = (
     "LoadImage",

@@ -10,11 +10,8 @@ every target has passed.
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import logging
 import shutil
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -86,20 +83,14 @@ def _backends(recipe: Recipe, given: Mapping[str, Backend] | None) -> dict[str, 
 
 def _resolve_callback(ref: str) -> Callable[..., Any]:
     """Import ``package.module:function`` or ``path/to/file.py:function``."""
-    left, _, attr = ref.rpartition(":")
+    from ebai.core.plugins import import_object
+
+    left = ref.rpartition(":")[0]
     try:
-        if left.endswith(".py"):
-            path = Path(left).expanduser().resolve()
-            spec = importlib.util.spec_from_file_location(f"_ebai_fine_tune_{path.stem}", path)
-            if spec is None or spec.loader is None or not path.is_file():
-                msg = f"fine-tuning callback file {left!r} does not exist: give an existing .py file"
-                raise InputError(msg)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(left)
-        fn = getattr(module, attr)
+        fn = import_object(ref)
+    except FileNotFoundError:
+        msg = f"fine-tuning callback file {left!r} does not exist: give an existing .py file"
+        raise InputError(msg) from None
     except InputError:
         raise
     except Exception as exc:

@@ -17,10 +17,9 @@ from typing import Any
 import click
 
 from ebai.core.errors import InputError
+from ebai.core.specs import NORMALIZATIONS
 
 __all__ = ["compress", "parse_prune", "summary"]
-
-_NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
 
 
 def parse_prune(value: str) -> dict[str, Any]:
@@ -141,7 +140,7 @@ def summary(manifest: Any, path: Path) -> str:
 @click.option("--channels", type=int, help="Input channels of the model.")
 @click.option("--tile", help="Spatial tile, e.g. 32,64,64.")
 @click.option(
-    "--normalize", "normalization", type=click.Choice(_NORMALIZATIONS), help="Intensity normalisation of each image."
+    "--normalize", "normalization", type=click.Choice(NORMALIZATIONS), help="Intensity normalisation of each image."
 )
 @click.option("--divisor", type=int, help="Spatial sizes the model takes must be multiples of this.")
 @click.option(

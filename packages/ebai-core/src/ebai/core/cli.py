@@ -21,6 +21,7 @@ import click
 
 from ebai.core import __version__
 from ebai.core.errors import EbaiError
+from ebai.core.install_hints import plugin_install_line
 from ebai.core.plugins import CLI, entry_point, plugin_names
 
 __all__ = ["main", "cli"]
@@ -28,7 +29,7 @@ __all__ = ["main", "cli"]
 logger = logging.getLogger("ebai")
 
 
-def _broken_command(name: str, exc: BaseException) -> click.Command:
+def _broken_command(name: str, exc: BaseException | str) -> click.Command:
     @click.command(name=name, help=f"(unavailable: {exc})", context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def broken(args: Any) -> None:
@@ -58,7 +59,8 @@ class LazyGroup(click.Group):
         if cmd is not None:
             return cmd
         if cmd_name not in plugin_names(CLI):
-            return None
+            home = plugin_install_line(CLI, cmd_name)  # a known command whose package is missing
+            return _broken_command(cmd_name, f"it is not installed: {home}") if home else None
         ep = entry_point(CLI, cmd_name)
         try:
             loaded = ep.load()

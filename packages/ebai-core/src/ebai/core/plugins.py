@@ -8,15 +8,20 @@ up never imports another plugin's code, and a missing or broken one is reported 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from ebai.core.errors import BackendUnavailableError, InputError, MissingDependencyError, PluginNotFoundError
+from ebai.core.install_hints import plugin_install_line
 
 __all__ = [
     "ADAPTERS",
@@ -29,6 +34,7 @@ __all__ = [
     "get_adapter",
     "get_backend",
     "get_plugin",
+    "import_object",
     "plugin_names",
 ]
 
@@ -37,21 +43,6 @@ ADAPTERS = "ebai.adapters"
 CLI = "ebai.cli"
 
 _KIND = {BACKENDS: "backend", ADAPTERS: "adapter", CLI: "command"}
-#: Where a plugin that is not installed at all comes from, for the error message.
-_KNOWN_HOMES = {
-    (BACKENDS, "openvino"): "ebai-openvino",
-    (BACKENDS, "tensorrt"): "ebai-tensorrt",
-    (BACKENDS, "torch"): "ebai-torch",
-    (ADAPTERS, "torch"): "ebai-adapters",
-    (ADAPTERS, "monai"): "ebai-adapters[monai]",
-    (ADAPTERS, "cellpose"): "ebai-adapters[cellpose]",
-    (ADAPTERS, "mmv_im2im"): "ebai-adapters[mmv_im2im]",
-    (CLI, "compress"): "ebai-compress",
-    (ADAPTERS, "task"): "ebai-tasks",
-    (CLI, "demo"): "ebai-tasks",
-    (CLI, "report"): "ebai-tasks",
-    (CLI, "sweep"): "ebai-tasks",
-}
 
 
 @dataclass(frozen=True)
@@ -130,18 +121,75 @@ class PluginSpec:
 
     def load(self) -> Any:
         """Import and return the implementation; a missing dependency names its install line."""
-        module_name, _, attr = self.target.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            return import_object(self.target)
         except ImportError as exc:
             if isinstance(exc, MissingDependencyError):
                 raise
             msg = f"{self.name!r} cannot be imported ({exc}): {self.install_line}"
             raise MissingDependencyError(msg) from exc
-        obj: Any = module
-        for part in attr.split(".") if attr else ():
-            obj = getattr(obj, part)
-        return obj
+
+
+def import_object(ref: str) -> Any:
+    """Return the object named by ``package.module:attr`` or ``path/to/file.py:attr``.
+
+    The one ``module:attr`` resolver of ebai: entry-point targets, model factories
+    (``ebai compress model.py:build``) and fine-tuning callbacks all go through it. The attribute
+    may be dotted (``module:Class.build``) or empty (the module itself). A ``.py`` file is imported
+    once under a name made from its path, with its folder importable meanwhile so that its own
+    sibling imports work.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a ``.py`` file is named and does not exist.
+    ImportError
+        When the module cannot be imported (as Python raised it, so callers can name the install).
+    AttributeError
+        When the module has no such attribute.
+    """
+    left, sep, attr = ref.rpartition(":")
+    if not sep:
+        left, attr = ref, ""
+    if left.endswith(".py"):
+        path = Path(left).expanduser()
+        if not path.is_file():
+            msg = f"no such Python file: {left!r}"
+            raise FileNotFoundError(msg)
+        obj: Any = _import_file(path)
+    else:
+        obj = importlib.import_module(left)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import_file(path: Path) -> Any:
+    """Import a Python file as a uniquely named module (its folder is importable meanwhile)."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"_ebai_user_{stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        msg = f"{str(path)!r} cannot be imported as Python: give a .py file"
+        raise ImportError(msg)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        if added:
+            sys.path.remove(folder)
+    return module
 
 
 @cache
@@ -165,9 +213,9 @@ def entry_point(group: str, name: str) -> EntryPoint:
     eps = _entry_points(group)
     if name not in eps:
         kind = _KIND.get(group, "plugin")
-        home = _KNOWN_HOMES.get((group, name))
+        home = plugin_install_line(group, name)
         if home:
-            msg = f"{kind} {name!r} is not installed: pip install {home}"
+            msg = f"{kind} {name!r} is not installed: {home}"
             raise PluginNotFoundError(msg)
         known = ", ".join(sorted(eps)) or "none"
         msg = f"unknown {kind} {name!r}: installed {kind}s are {known}"

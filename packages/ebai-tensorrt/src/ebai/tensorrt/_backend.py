@@ -351,6 +351,7 @@ PER_CHANNEL_DECONV = (10, 2)
 
 def _check_transposed_scales(entry: Path, version: str) -> None:
     """Refuse, before a long build fails, a per-channel int8 ConvTranspose on TensorRT < 10.2."""
+    from ebai.core.install_hints import install_line
     from ebai.tensorrt._plugin import _version_tuple
     from ebai.tensorrt._qdq import describe_qdq
 
@@ -361,7 +362,7 @@ def _check_transposed_scales(entry: Path, version: str) -> None:
         msg = (
             f"TensorRT {version} cannot build int8 transposed convolutions with per-channel weight scales "
             f"({len(deconv)} in this model, e.g. {deconv[0]}; supported from TensorRT 10.2): "
-            "pip install 'ebai-tensorrt[cu12]' (TensorRT >= 10.2), or use the fp16 target"
+            f"{install_line('tensorrt')} (TensorRT >= 10.2), or use the fp16 target"
         )
         raise BackendUnavailableError(msg)
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import importlib.metadata
 
 from ebai.core.hardware import GpuRecord, cpu_info, query_gpus
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import PluginSpec
 
 __all__ = ["INSTALL", "backend", "details", "gpu_features", "torch_build"]
 
-INSTALL = "pip install ebai-torch"
+INSTALL = install_line("torch-target")
 
 
 def torch_build() -> tuple[str | None, str | None]:

@@ -16,6 +16,7 @@ import yaml
 
 from ebai.core.artifact import Artifact
 from ebai.core.errors import EbaiError, InputError
+from ebai.core.install_hints import install_line
 from ebai.core.manifest import TargetRecord
 from ebai.core.plugins import ADAPTERS, build_adapter, plugin_names
 
@@ -64,7 +65,7 @@ def load_adapter(source: dict[str, Any] | Any) -> tuple[Any | None, str]:
     if not name:
         return None, "the artifact names no adapter"
     if name not in plugin_names(ADAPTERS):
-        return None, f"adapter {name!r} is not installed here (pip install ebai-adapters)"
+        return None, f"adapter {name!r} is not installed here ({install_line('adapters')})"
     try:
         adapter = build_adapter(source)
     except (EbaiError, ImportError, TypeError, ValueError) as exc:

@@ -9,9 +9,18 @@ from pathlib import Path
 import click
 
 from ebai.core.hardware import cpu_info, nvidia_gpus
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import ADAPTERS, BACKENDS, CLI, get_plugin, plugin_names
 
-_PACKAGES = ("ebai-core", "ebai-compress", "ebai-openvino", "ebai-tensorrt", "ebai-torch", "ebai-adapters")
+_PACKAGES = (
+    "ebai-core",
+    "ebai-compress",
+    "ebai-openvino",
+    "ebai-tensorrt",
+    "ebai-torch",
+    "ebai-adapters",
+    "ebai-tasks",
+)
 
 
 def _plugins(group: str) -> list[dict[str, str | bool]]:
@@ -134,7 +143,7 @@ def info(artifact: Path | None, as_json: bool) -> None:
         click.echo(f"{title}:")
         rows = data[title]
         if not rows:
-            hint = "pip install ebai-openvino" if title == "backends" else "pip install ebai-adapters"
+            hint = install_line("openvino" if title == "backends" else "adapters")
             click.echo(f"  none installed ({hint})")
         for row in rows:  # type: ignore[union-attr]
             state = "available" if row["available"] else f"unavailable: {row['reason']}"
