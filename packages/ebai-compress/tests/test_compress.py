@@ -311,3 +311,21 @@ def test_fastest_target_comes_first(tmp_path, images2d):
     assert [t.backend for t in art.manifest.targets] == ["fast", "slow"]
     assert art.manifest.target().backend == "fast"  # what `ebai run` picks when no target is named
     assert art.manifest.targets[0].timing.median_s < art.manifest.targets[1].timing.median_s
+
+
+def test_openvino_int8_is_timed_against_openvinos_own_default(tmp_path, images2d):
+    """OpenVINO's default is its engine without a precision hint, whatever that computes in here."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from ebai.openvino import OpenVINOBackend
+    from ebai.openvino.engine import OpenVINOEngine
+
+    plan = Recipe.from_dict({**INT8, "targets": ["openvino"], "fidelity": {"threshold": 0.8, "tiles": 4}})
+    art = compress(
+        small_source(), ArraySource(images2d), plan, tmp_path / "m.ebai", backends={"openvino": OpenVINOBackend()}
+    )
+    (target,) = art.manifest.targets
+    assert [v["options"]["preset"] for v in target.record["variants"]] == ["mixed", "performance"]
+    with OpenVINOEngine(art.path / target.directory / target.entry, precision="fp32") as plain:
+        assert target.timing.default_precision == plain.execution_precision  # bf16 on CPUs that have it
+    assert target.timing.rounds == 3 and target.timing.speedup > 0
