@@ -265,40 +265,32 @@ def test_int8_alone_is_refused_below_0_99_after_every_variant_and_accuracy_contr
     assert_nothing_written(tmp_path)
 
 
+def _int8_said(backend, images, out, caplog):
+    """Compress to int8 with ``backend``; return the artifact and the "buys little" lines logged."""
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ebai"):
+        art = compress(small_source(), ArraySource(images), Recipe.from_dict(INT8), out, backends={"ort": backend})
+    return art, [r.getMessage() for r in caplog.records if "buys little" in r.getMessage()]
+
+
 def test_each_target_is_timed_against_the_backends_default_precision(tmp_path, images2d, caplog):
     # the int8 engine does its work 8 times over: int8 that does not pay off
     backend = OrtBackend(repeat={"int8": 8})
-    with caplog.at_level("WARNING", logger="ebai"):
-        art = compress(
-            small_source(),
-            ArraySource(images2d),
-            Recipe.from_dict(INT8),
-            tmp_path / "m.ebai",
-            backends={"ort": backend},
-        )
+    art, notes = _int8_said(backend, images2d, tmp_path / "m.ebai", caplog)
     (target,) = art.manifest.targets
     timing = target.timing
     assert timing.rounds == 3 and timing.default_precision == "fp32" and timing.batch_shape == (1, 1, *TILE)
     assert timing.median_s > 0 and timing.default_median_s > 0
     assert timing.speedup == pytest.approx(timing.default_median_s / timing.median_s, rel=1e-3)
     assert timing.speedup < 1.2 and "buys little" in timing.note and "ort:int8" in timing.note
-    notes = [r.getMessage() for r in caplog.records if "buys little" in r.getMessage()]
     assert notes == [timing.note] and "\n" not in timing.note
     assert Artifact.open(tmp_path / "m.ebai").manifest.targets[0].timing == timing  # kept in manifest.json
     assert sorted(art.manifest.files) == ["ort-int8/model.onnx", "reference.onnx"]  # the default's files are gone
     assert [entry["options"] for entry in backend.lowered][-1] == {}  # the default: fp32, default options
     # when the default is the slow one, nothing is said
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="ebai"):
-        art = compress(
-            small_source(),
-            ArraySource(images2d),
-            Recipe.from_dict(INT8),
-            tmp_path / "n.ebai",
-            backends={"ort": OrtBackend(repeat={"fp32": 8})},
-        )
+    art, notes = _int8_said(OrtBackend(repeat={"fp32": 8}), images2d, tmp_path / "n.ebai", caplog)
     assert art.manifest.targets[0].timing.speedup >= 1.2 and art.manifest.targets[0].timing.note == ""
-    assert not [r for r in caplog.records if "buys little" in r.getMessage()]
+    assert notes == []
 
 
 def test_fastest_target_comes_first(tmp_path, images2d):
@@ -317,8 +309,7 @@ def test_openvino_int8_is_timed_against_openvinos_own_default(tmp_path, images2d
     """OpenVINO's default is its engine without a precision hint, whatever that computes in here."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from ebai.openvino import OpenVINOBackend
-    from ebai.openvino.engine import OpenVINOEngine
+    from ebai.openvino import OpenVINOBackend, OpenVINOEngine
 
     plan = Recipe.from_dict({**INT8, "targets": ["openvino"], "fidelity": {"threshold": 0.8, "tiles": 4}})
     art = compress(
