@@ -19,8 +19,8 @@ from ebai.core.specs import InputSpec, OutputSpec
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "FidelityRecord", "Manifest", "TargetRecord", "TimingRecord"]
 
 SCHEMA = "ebai.artifact"
-#: Bumped on any change older readers cannot understand.
-SCHEMA_VERSION = 1
+#: Bumped on any change older readers cannot understand (2: targets carry ``timing``).
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
