@@ -224,7 +224,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 train = [v for v in volumes(8, TILE, 300)]
                 torch.set_num_threads(1)  # training on a shared 2-core CPU: one thread was faster
                 result = distill(
-                    pruned.model, net, train, FineTuneSettings(steps=args.distill_steps), tile=tuple(args.distill_tile), seed=0
+                    pruned.model,
+                    net,
+                    train,
+                    FineTuneSettings(steps=args.distill_steps),
+                    tile=tuple(args.distill_tile),
+                    seed=0,
                 )
                 torch.set_num_threads(args.threads)
                 print(
