@@ -59,6 +59,11 @@ _BATCH = 4
 WORTHWHILE = 1.2
 
 
+def duration(seconds: float) -> str:
+    """Format seconds per call for a person: ``6.7 ms``, ``1.11 s``."""
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
+
+
 @dataclass(frozen=True)
 class _Candidate:
     """One lowering of a target, as the guard scored it (kept in its scratch folder until chosen)."""
@@ -388,7 +393,7 @@ def _time_targets(
         if speedup < WORTHWHILE:
             note = (
                 f"{key_name} runs {speedup:.2f}x the speed of {target.backend.name} at its default precision "
-                f"({labels[key]}) on this machine ({median * 1e3:.3g} ms vs {default * 1e3:.3g} ms per call, "
+                f"({labels[key]}) on this machine ({duration(median)} vs {duration(default)} per call, "
                 f"medians of {settings.rounds} interleaved rounds): under {WORTHWHILE}x, so this compression buys "
                 f"little here over running the original network in {target.backend.name}"
             )

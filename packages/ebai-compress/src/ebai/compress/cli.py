@@ -114,9 +114,11 @@ def summary(manifest: Any, path: Path) -> str:
 
 
 def _timing_line(key: str, backend: str, timing: Any) -> str:
+    from ebai.compress._pipeline import duration
+
     return (
-        f"speed     {key}: {timing.median_s * 1e3:.3g} ms vs {backend} default ({timing.default_precision}) "
-        f"{timing.default_median_s * 1e3:.3g} ms per call: {timing.speedup:.2f}x on this machine"
+        f"speed     {key}: {duration(timing.median_s)} vs {backend} default ({timing.default_precision}) "
+        f"{duration(timing.default_median_s)} per call: {timing.speedup:.2f}x on this machine"
     )
 
 
