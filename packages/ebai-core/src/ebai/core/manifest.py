@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ebai.core.errors import ArtifactError
@@ -94,15 +94,7 @@ class TimingRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""
-        return {
-            "median_s": self.median_s,
-            "default_median_s": self.default_median_s,
-            "default_precision": self.default_precision,
-            "speedup": self.speedup,
-            "rounds": self.rounds,
-            "batch_shape": list(self.batch_shape),
-            "note": self.note,
-        }
+        return {**asdict(self), "batch_shape": list(self.batch_shape)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TimingRecord:
