@@ -148,6 +148,6 @@ def test_unparsable_file(tmp_path):
 def test_unparsable_yaml_is_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("prune: [\n")
-    with pytest.raises(InputError, match=r"cannot be parsed \(ParserError: .* at line 2, column 1\)") as err:
+    with pytest.raises(InputError, match=r"is not valid YAML \(.* at line 2, column 1\)") as err:
         Recipe.from_file(path)
     assert "\n" not in str(err.value)

@@ -10,11 +10,8 @@ every target has passed.
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import logging
 import shutil
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +29,7 @@ from ebai.core.artifact import Artifact, ArtifactWriter, package_versions
 from ebai.core.errors import BackendUnavailableError, EbaiError, FidelityError, InputError
 from ebai.core.files import check_output
 from ebai.core.interfaces import Backend, DataSource, Engine, Lowering, ModelSource
-from ebai.core.latency import measure_latency
+from ebai.core.latency import measure_interleaved
 from ebai.core.manifest import FidelityRecord, Manifest, TargetRecord, TimingRecord
 from ebai.core.plugins import get_backend
 from ebai.core.torch_runner import torch_infer
@@ -117,20 +114,14 @@ def _backends(recipe: Recipe, given: Mapping[str, Backend] | None) -> dict[str, 
 
 def _resolve_callback(ref: str) -> Callable[..., Any]:
     """Import ``package.module:function`` or ``path/to/file.py:function``."""
-    left, _, attr = ref.rpartition(":")
+    from ebai.core.plugins import import_object
+
+    left = ref.rpartition(":")[0]
     try:
-        if left.endswith(".py"):
-            path = Path(left).expanduser().resolve()
-            spec = importlib.util.spec_from_file_location(f"_ebai_fine_tune_{path.stem}", path)
-            if spec is None or spec.loader is None or not path.is_file():
-                msg = f"fine-tuning callback file {left!r} does not exist: give an existing .py file"
-                raise InputError(msg)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(left)
-        fn = getattr(module, attr)
+        fn = import_object(ref)
+    except FileNotFoundError:
+        msg = f"fine-tuning callback file {left!r} does not exist: give an existing .py file"
+        raise InputError(msg) from None
     except InputError:
         raise
     except Exception as exc:
@@ -337,7 +328,8 @@ def _time_targets(
     """Time every target and its backend's default precision in the same interleaved rounds.
 
     The default is the original network lowered at the backend's ``default_precision`` and loaded
-    with default engine options: what the user gets from the backend without ebai.
+    with default engine options (those of the backend's ``"default"`` comparison variant where it
+    lists one): what the user gets from the backend without ebai.
     """
     engines: dict[str, Engine] = {}
     labels: dict[str, str] = {}
@@ -361,20 +353,17 @@ def _time_targets(
                         input_spec=spec,
                         calibration=calibration,
                     )
-                    engines[key] = backend.load(folder, default)
+                    # the backend's own "default" comparison row where it lists one, as `ebai benchmark` shows it
+                    options = next((dict(v.options) for v in backend.comparison_variants() if v.key == "default"), {})
+                    engines[key] = backend.load(folder, default, **options)
                 except EbaiError as exc:
                     logger.warning("%s default precision could not be timed here (%s)", backend.name, exc)
                     untimed.add(key)
                     continue
                 labels[key] = str(getattr(engines[key], "execution_precision", "") or backend.default_precision)
             engines[target.folder] = backend.load(root / target.folder, target.lowering)
-        medians: dict[str, list[float]] = {key: [] for key in engines}
-        for r in range(settings.rounds):  # interleaved: a busy neighbour slows every engine alike
-            for key, engine in engines.items():
-                stats = measure_latency(
-                    lambda e=engine: e.infer(batch), warmup=settings.warmup if r == 0 else 0, repeats=1
-                )
-                medians[key].append(stats.median_s)
+        calls = {key: (lambda e=engine: e.infer(batch)) for key, engine in engines.items()}
+        stats = measure_interleaved(calls, rounds=settings.rounds, warmup=settings.warmup)
     finally:
         for engine in engines.values():
             engine.close()
@@ -383,10 +372,10 @@ def _time_targets(
     out: list[TimingRecord | None] = []
     for target in lowered:
         key = f"default:{target.backend.name}"
-        if key not in medians:
+        if key not in stats:
             out.append(None)
             continue
-        median, default = float(np.median(medians[target.folder])), float(np.median(medians[key]))
+        median, default = stats[target.folder].median_s, stats[key].median_s
         speedup = default / max(median, 1e-12)
         key_name = f"{target.lowering.backend}:{target.lowering.precision}"
         note = ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebai.core.configfile import parse_problem
+from ebai.core.configfile import load_yaml, parse_problem
 from ebai.core.errors import InputError
 from ebai.core.interfaces import PRECISIONS
 
@@ -402,8 +402,11 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             _fail(f"recipe file {str(path)!r} does not exist: give the path of a YAML or TOML file")
-        text = path.read_text(encoding="utf-8")
         suffix = path.suffix.lower()
+        if suffix not in (".toml", ".json"):  # YAML, read as adapter configs are
+            data = load_yaml(path, "recipe file", "give the path of a YAML or TOML file") or {}
+            return cls.from_dict(data, source=f"recipe file {str(path)!r}")
+        text = path.read_text(encoding="utf-8")
         try:
             if suffix == ".toml":
                 try:
@@ -411,12 +414,8 @@ class Recipe:
                 except ModuleNotFoundError:  # Python 3.10
                     import tomli as tomllib
                 data = tomllib.loads(text)
-            elif suffix == ".json":
-                data = json.loads(text)
             else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
+                data = json.loads(text)
         except Exception as exc:  # each parser raises its own error class
             msg = f"recipe file {str(path)!r} cannot be parsed ({type(exc).__name__}: {parse_problem(exc)}): fix its syntax"
             raise InputError(msg) from exc

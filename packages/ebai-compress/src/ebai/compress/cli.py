@@ -9,6 +9,7 @@ the recipe file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,9 @@ from typing import Any
 import click
 
 from ebai.core.errors import InputError
+from ebai.core.specs import NORMALIZATIONS
 
 __all__ = ["compress", "parse_prune", "summary"]
-
-_NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
 
 
 def parse_prune(value: str) -> dict[str, Any]:
@@ -66,6 +66,24 @@ def _model_source(
     from ebai.core.plugins import get_adapter
 
     return get_adapter("torch")(model, weights=weights, trust_pickle=trust_pickle, **given)
+
+
+#: A network's activations take many times its input tile; below this many tiles of free memory
+#: compression cannot run (a mistyped --tile would otherwise fail in a multi-PiB allocation).
+_TILES_OF_MEMORY = 16
+
+
+def _check_tile_fits(spec: Any) -> None:
+    from ebai.core.memory import available_memory, format_bytes
+
+    tile_bytes = 4 * spec.channels * math.prod(spec.tile)
+    free = available_memory()
+    if free is not None and tile_bytes * _TILES_OF_MEMORY > free:
+        msg = (
+            f"tile {','.join(map(str, spec.tile))} is {format_bytes(tile_bytes)} of float32 input per tile and the network "
+            f"needs many times that, but {format_bytes(free)} is free: give a smaller --tile, e.g. 32,128,128"
+        )
+        raise InputError(msg)
 
 
 def _fmt(n: float) -> str:
@@ -134,7 +152,7 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
 @click.option("--channels", type=int, help="Input channels of the model.")
 @click.option("--tile", help="Spatial tile, e.g. 32,64,64.")
 @click.option(
-    "--normalize", "normalization", type=click.Choice(_NORMALIZATIONS), help="Intensity normalisation of each image."
+    "--normalize", "normalization", type=click.Choice(NORMALIZATIONS), help="Intensity normalisation of each image."
 )
 @click.option("--divisor", type=int, help="Spatial sizes the model takes must be multiples of this.")
 @click.option(
@@ -184,10 +202,11 @@ def compress(
     from ebai.compress._pipeline import compress as run_compress
     from ebai.compress._recipe import Recipe
     from ebai.core.data import ImageFiles
-    from ebai.core.files import check_output
+    from ebai.core.files import check_output, check_writable_dir
 
     out = Path(output)
     check_output(out, overwrite)
+    check_writable_dir(out.absolute().parent, "folder for the artifact")  # before hours of work, not after
     base = Recipe.from_file(recipe) if recipe else Recipe()
     changes: dict[str, Any] = {}
     if prune_spec:
@@ -207,6 +226,7 @@ def compress(
         adapter_config,
         {"axes": axes, "channels": channels, "tile": tile, "normalization": normalization, "divisor": divisor},
     )
+    _check_tile_fits(source.input_spec)
     images = ImageFiles(list(data), source.input_spec)
     artifact = run_compress(source, images, plan, out, overwrite=overwrite)
     click.echo(summary(artifact.manifest, out))

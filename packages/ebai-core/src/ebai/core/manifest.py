@@ -2,11 +2,15 @@
 
 ``manifest.json`` is the artifact's table of contents and its lab notebook: input/output layout,
 the pruning, fine-tuning, calibration and fidelity records, the tool versions, and the sha256 of
-every file so that a tampered or truncated artifact is refused on load.
+every file so that a tampered or truncated artifact is refused on load. The manifest carries the
+sha256 of its own content (:data:`DIGEST_KEY`), so an edited or damaged manifest is refused too.
+That catches damage, not forgery (anyone can rehash): what keeps a received artifact harmless is
+that nothing it names is ever imported or run without the user's ``--trust-source``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -16,11 +20,33 @@ from ebai.core.errors import ArtifactError
 from ebai.core.interfaces import Lowering
 from ebai.core.specs import InputSpec, OutputSpec
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "FidelityRecord", "Manifest", "TargetRecord", "TimingRecord"]
+__all__ = [
+    "DIGEST_KEY",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "FidelityRecord",
+    "Manifest",
+    "TargetRecord",
+    "TimingRecord",
+    "manifest_digest",
+]
 
 SCHEMA = "ebai.artifact"
 #: Bumped on any change older readers cannot understand (2: targets carry ``timing``).
 SCHEMA_VERSION = 2
+#: Key of ``manifest.json`` holding the sha256 of every other key (see :func:`manifest_digest`).
+DIGEST_KEY = "manifest_sha256"
+
+
+def manifest_digest(data: Mapping[str, Any]) -> str:
+    """Hex sha256 of a manifest's JSON content, its own :data:`DIGEST_KEY` left out.
+
+    The JSON is canonical (sorted keys, no spaces), so the digest does not depend on indentation
+    and a manifest read and written again keeps it.
+    """
+    body = {k: v for k, v in data.items() if k != DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -258,8 +284,10 @@ class Manifest:
         }
 
     def to_json(self) -> str:
-        """Serialise to indented JSON."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        """Serialise to indented JSON, ending with the content's own sha256 (:data:`DIGEST_KEY`)."""
+        data = self.to_dict()
+        data[DIGEST_KEY] = manifest_digest(data)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
