@@ -204,17 +204,9 @@ class Adapter(ABC):
         module
             The module to run; by default a fresh :meth:`load_module`.
         """
-        import torch
+        from ebai.core.torch_runner import torch_infer
 
-        net = self.load_module() if module is None else module
-        net.eval()
-
-        def infer(batch: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                out = net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-            return out.detach().float().cpu().numpy()
-
-        return infer
+        return torch_infer(self.load_module() if module is None else module)
 
     def predict(
         self,

@@ -199,6 +199,11 @@ class Backend(ABC):
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     #: ``True`` when :meth:`lower_module` (the torch module) is to be called instead of :meth:`lower`.
     lowers_module: bool = False
+    #: The stored precision a user gets from this backend without ebai, loaded with the engine's
+    #: default options: every compression is timed against it. What the hardware then computes in
+    #: may differ (OpenVINO runs an fp32 model in bf16 on CPUs that have it; TensorRT allows TF32);
+    #: an engine says so in an ``execution_precision`` attribute where it knows.
+    default_precision: str = "fp32"
 
     def available(self) -> str | None:
         """Return ``None`` when the backend can run here, else the reason and what to install."""
