@@ -73,8 +73,9 @@ def run(
 
     Each image is prepared by the adapter the artifact was made with (its preprocessing, as during
     compression) when that adapter is installed, otherwise normalised as the artifact's input spec
-    records; then cut into overlapping tiles, run through the compiled model and blended back, and
-    finished by the adapter's post-processing (e.g. masks) unless --raw. Each prediction is written
+    records; then cut into overlapping tiles (as the adapter's tool cuts them: cellpose pads and
+    tiles its own way), run through the compiled model and blended back, and finished by the
+    adapter's post-processing (e.g. masks) unless --raw. Each prediction is written
     atomically under the input's name, so an interrupted run leaves no partial file and a rerun
     skips what is done.
     """
@@ -108,6 +109,8 @@ def run(
     adapter, why = load_adapter(art.manifest.source)
     pre = adapter.preprocess if adapter is not None else spec.normalization.apply
     post = adapter.postprocess if adapter is not None and not raw else None
+    # an ebai.adapters adapter tiles as its tool does (cellpose pads and tiles its own way)
+    run_tiled = getattr(adapter, "run_tiled", None)
     if adapter is None and art.manifest.source.get("adapter"):
         lost = "" if raw else " and writing the raw model output"
         click.echo(f"warning: {why}: normalising with the artifact's recorded settings{lost}", err=True)
@@ -121,15 +124,18 @@ def run(
         )
         for path, dest in progress(todo, desc="images", unit="image"):
             sample = np.asarray(pre(to_sample(read_image(path), spec)), dtype=np.float32)
-            output = predict_tiled(
-                sample,
-                engine,
-                spec.tile,
-                overlap=spec.overlap if overlap is None else overlap,
-                batch_size=batch_size,
-                divisor=spec.divisor,
-                progress_desc=path.name,
-            )
+            if run_tiled is not None:
+                output = run_tiled(sample, engine, batch_size=batch_size, overlap=overlap, progress_desc=path.name)
+            else:
+                output = predict_tiled(
+                    sample,
+                    engine,
+                    spec.tile,
+                    overlap=spec.overlap if overlap is None else overlap,
+                    batch_size=batch_size,
+                    divisor=spec.divisor,
+                    progress_desc=path.name,
+                )
             result = np.asarray(post(output)) if post is not None else output
             if result.ndim == spec.ndim + 1 and result.shape[0] == 1:
                 result = result[0]  # one channel: write a plain (Z)YX image
