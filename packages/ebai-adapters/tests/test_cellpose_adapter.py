@@ -239,17 +239,16 @@ def test_tile_must_be_square() -> None:
 
 
 def _nuclei_task() -> Any:
-    from ebai.adapters.tasks import TaskAdapter, get_task
-
-    task = get_task("nuclei")
-    return task, TaskAdapter("nuclei")
+    """The nuclei reference task (package ebai-tasks) and its adapter with the shipped network."""
+    tasks = pytest.importorskip("ebai.tasks", reason="ebai-tasks is not installed")
+    return tasks.get_task("nuclei"), tasks.TaskAdapter("nuclei")
 
 
 @pytest.mark.parametrize("shape", [None, (250, 301)])
 def test_nuclei_task_masks_equal_cellpose_eval(shape: tuple[int, int] | None) -> None:
-    from ebai.adapters.tasks import TEST_SEED
-
     task, adapter = _nuclei_task()
+    from ebai.tasks import TEST_SEED
+
     tool = task.tool_adapter()
     module = adapter.load_module()
     count = task.test_count if shape is None else 1

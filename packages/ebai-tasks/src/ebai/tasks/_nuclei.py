@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from ebai.adapters._cellpose import CellposeAdapter
-from ebai.adapters.tasks import _synthetic as syn
-from ebai.adapters.tasks._task import Task, TrainingPlan
 from ebai.core.errors import InputError
 from ebai.core.specs import Normalization
+from ebai.tasks import _synthetic as syn
+from ebai.tasks._task import Task, TrainingPlan
 
 __all__ = ["NucleiTask"]
 
@@ -35,7 +35,7 @@ class _TaskCellpose(CellposeAdapter):
     """cellpose's normalisation, padding, tiling and dynamics around the task's network.
 
     It has no weights of its own: the task's network is the shipped one
-    (:class:`~ebai.adapters.tasks.TaskAdapter`), so it refuses to build a (random) network.
+    (:class:`~ebai.tasks.TaskAdapter`), so it refuses to build a (random) network.
     """
 
     def load_module(self) -> Any:
@@ -65,7 +65,7 @@ class NucleiTask(Task):
     test_count = 4
     stream = 2
     requires = ("torch", "cellpose", "fastremap", "safetensors")
-    install = "pip install 'ebai-adapters[cellpose,tasks]'"
+    install = "pip install 'ebai-tasks[cellpose]'"
     guard_metric = "ap50"
     guard_thresholds = (0.8, 0.7)
     # pruned 50%: AP50 vs the original 0.0 after 40 distillation steps, 0.96 after 150, 0.97 after 400
