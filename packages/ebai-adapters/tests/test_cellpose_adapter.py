@@ -236,6 +236,7 @@ def test_engines_get_only_the_tile_and_padding_is_cellposes(nuclei: Any, cellpos
 def test_tile_must_be_square() -> None:
     with pytest.raises(InputError, match="not square"):
         CellposeAdapter(nbase=[2, 8, 16, 32], tile=[64, 128])
+    assert CellposeAdapter(nbase=[2, 8, 16, 32], tile="64").input_spec.tile == (64, 64)
 
 
 def _nuclei_task() -> Any:

@@ -172,7 +172,8 @@ class CellposeAdapter(Adapter):
             msg = f"channels is {channels} but the network takes {self.nbase[0]}: use 1 to {self.nbase[0]}"
             raise InputError(msg)
         square = _tile(tile, 2)
-        if square[0] != square[1]:
+        square = square * 2 if len(square) == 1 else square  # "224" as one size
+        if len(square) != 2 or square[0] != square[1]:
             msg = f"tile {list(square)} is not square: cellpose tiles at one size (its bsize), e.g. tile=224"
             raise InputError(msg)
         low, high = (float(p) for p in percentile)
