@@ -13,10 +13,11 @@ import numpy as np
 
 from ebai.core.errors import InputError
 
-__all__ = ["InputSpec", "Normalization", "OutputSpec"]
+__all__ = ["NORMALIZATIONS", "InputSpec", "Normalization", "OutputSpec"]
 
 _SPATIAL = "tzyx"
-_NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
+#: Kinds of intensity normalisation (:class:`Normalization`), the one list the CLI options offer too.
+NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class Normalization:
     out_high: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in _NORMALIZATIONS:
-            msg = f"unknown normalisation {self.kind!r}: use one of {', '.join(_NORMALIZATIONS)}"
+        if self.kind not in NORMALIZATIONS:
+            msg = f"unknown normalisation {self.kind!r}: use one of {', '.join(NORMALIZATIONS)}"
             raise InputError(msg)
         if self.kind == "percentile" and not 0 <= self.low < self.high <= 100:
             msg = f"percentile normalisation needs 0 <= low < high <= 100, got {self.low} and {self.high}"
@@ -61,11 +62,13 @@ class Normalization:
             lo = flat.mean(axis=1)
             hi = lo + flat.std(axis=1)
         shape = (-1,) + (1,) * (x.ndim - 1)
-        scale = np.maximum(hi - lo, 1e-8).reshape(shape)
-        y = (x - lo.reshape(shape)) / scale
-        if (self.out_low, self.out_high) != (0.0, 1.0):
-            y = y * (self.out_high - self.out_low) + self.out_low  # as MONAI's ScaleIntensityRange
-        return y.astype(np.float32)
+        scale = np.maximum(hi - lo, 1e-8).reshape(shape).astype(np.float32)
+        out = np.subtract(x, lo.reshape(shape).astype(np.float32), dtype=np.float32)
+        out /= scale  # in place: one image-sized array on top of the input, not three
+        if (self.out_low, self.out_high) != (0.0, 1.0):  # as MONAI's ScaleIntensityRange
+            out *= np.float32(self.out_high - self.out_low)
+            out += np.float32(self.out_low)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form stored in manifests."""
