@@ -30,10 +30,10 @@ def test_task_network_round_trip_is_faithful(name, tmp_path, user_cache):
 def test_pruned_network_round_trip_is_faithful(tmp_path, user_cache):
     import torch
 
-    from ebai.compress import prune
+    from ebai.compress import PruneSettings, prune
 
     case = task_case("denoising")
-    pruned = prune(case.module, torch.from_numpy(case.samples[:1]), method="l1", ratio=0.5)
+    pruned = prune(case.module, torch.from_numpy(case.samples[:1]), PruneSettings(method="l1", ratio=0.5))
     assert pruned.params_after < pruned.params_before
     backend = TorchBackend()
     target = tmp_path / "model.ebai" / "torch-fp32"
