@@ -215,14 +215,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         if not args.no_pruned:
             try:
-                from ebai.compress import distill, prune
+                from ebai.compress import FineTuneSettings, PruneSettings, distill, prune
 
                 started = time.perf_counter()
-                pruned = prune(net, volumes(1, TILE, 7), method="l1", ratio=0.5)
+                pruned = prune(net, volumes(1, TILE, 7), PruneSettings(method="l1", ratio=0.5))
                 train = [v for v in volumes(8, TILE, 300)]
                 torch.set_num_threads(1)  # training on a shared 2-core CPU: one thread was faster
                 result = distill(
-                    pruned.model, net, train, tile=tuple(args.distill_tile), steps=args.distill_steps, seed=0
+                    pruned.model,
+                    net,
+                    train,
+                    FineTuneSettings(steps=args.distill_steps),
+                    tile=tuple(args.distill_tile),
+                    seed=0,
                 )
                 torch.set_num_threads(args.threads)
                 print(

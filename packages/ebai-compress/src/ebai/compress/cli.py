@@ -147,7 +147,19 @@ def summary(manifest: Any, path: Path) -> str:
         lines.append(
             f"{t.key:18}{f.pearson:>9.4f}{f.max_abs_error:>10.3g}{criterion:>24}{'yes' if f.passed else 'no':>8}"
         )
+    for t in manifest.targets:
+        if t.timing is not None:
+            lines.append(_timing_line(t.key, t.backend, t.timing))
     return "\n".join(lines)
+
+
+def _timing_line(key: str, backend: str, timing: Any) -> str:
+    from ebai.compress._pipeline import duration
+
+    return (
+        f"speed     {key}: {duration(timing.median_s)} vs {backend} default ({timing.default_precision}) "
+        f"{duration(timing.default_median_s)} per call: {timing.speedup:.2f}x on this machine"
+    )
 
 
 @click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
@@ -173,13 +185,21 @@ def summary(manifest: Any, path: Path) -> str:
 @click.option(
     "--data", "-d", "data", multiple=True, required=True, help="Image folder, file or glob (TIFF/PNG/NPY); repeatable."
 )
-@click.option("--prune", "prune_spec", help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5; 'none' to skip.")
+@click.option(
+    "--prune",
+    "prune_spec",
+    help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5; none unless asked here or in the recipe.",
+)
 @click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Lower every target to fp16.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Lower every target to fp32.")
-@click.option("--target", "-t", "targets", multiple=True, help="Backend to lower to (openvino, tensorrt); repeatable.")
+@click.option("--bf16", "precision", flag_value="bf16", help="Lower every target to bf16 (torch target only).")
+@click.option("--tf32", "precision", flag_value="tf32", help="Lower every target to TF32 (torch target, CUDA GPUs).")
+@click.option(
+    "--target", "-t", "targets", multiple=True, help="Backend to lower to (openvino, tensorrt, torch); repeatable."
+)
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe file (YAML or TOML); options here override it.")
-@click.option("--steps", type=int, help="Distillation step budget (0: no fine-tuning).")
+@click.option("--steps", type=int, help="Distillation step budget after pruning (0: no fine-tuning).")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Artifact folder to write (name.ebai).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
 def compress(
@@ -203,7 +223,10 @@ def compress(
     output: str,
     overwrite: bool,
 ) -> None:
-    """Prune, fine-tune, lower and verify MODEL on your images; write one artifact.
+    """Lower MODEL (pruned and fine-tuned only if asked), verify it on your images; write one artifact.
+
+    Every target is timed against its backend's default precision on this machine, and the
+    fastest comes first in the artifact.
 
     MODEL is file.py:factory or package.module:factory (with --weights), or a TorchScript file;
     or use --adapter NAME --adapter-config FILE, or --bioimageio PACKAGE.

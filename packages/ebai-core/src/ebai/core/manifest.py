@@ -13,18 +13,27 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ebai.core.errors import ArtifactError
 from ebai.core.interfaces import Lowering
 from ebai.core.specs import InputSpec, OutputSpec
 
-__all__ = ["DIGEST_KEY", "SCHEMA", "SCHEMA_VERSION", "FidelityRecord", "Manifest", "TargetRecord", "manifest_digest"]
+__all__ = [
+    "DIGEST_KEY",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "FidelityRecord",
+    "Manifest",
+    "TargetRecord",
+    "TimingRecord",
+    "manifest_digest",
+]
 
 SCHEMA = "ebai.artifact"
-#: Bumped on any change older readers cannot understand.
-SCHEMA_VERSION = 1
+#: Bumped on any change older readers cannot understand (2: targets carry ``timing``).
+SCHEMA_VERSION = 2
 #: Key of ``manifest.json`` holding the sha256 of every other key (see :func:`manifest_digest`).
 DIGEST_KEY = "manifest_sha256"
 
@@ -76,6 +85,50 @@ class FidelityRecord:
 
 
 @dataclass(frozen=True)
+class TimingRecord:
+    """How fast a target ran against its backend's default precision, on the machine that made it.
+
+    Both were timed in the same interleaved rounds, one tile per call, so a busy neighbour slows
+    them alike; the figures hold for that machine only. ``note`` says plainly when the gain over
+    the default is too small to be worth having (empty otherwise).
+
+    Attributes
+    ----------
+    median_s
+        Median seconds per call of the target.
+    default_median_s
+        Median seconds per call of the same network run at the backend's default precision.
+    default_precision
+        What the default computes in here (``bf16`` for OpenVINO on a CPU with AVX-512 BF16).
+    speedup
+        ``default_median_s / median_s``.
+    rounds
+        Interleaved rounds timed.
+    batch_shape
+        Shape of the batch each call ran.
+    note
+        One line for the user when the gain is small, else ``""``.
+    """
+
+    median_s: float
+    default_median_s: float
+    default_precision: str
+    speedup: float
+    rounds: int
+    batch_shape: tuple[int, ...] = ()
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form."""
+        return {**asdict(self), "batch_shape": list(self.batch_shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TimingRecord:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(**{**data, "batch_shape": tuple(data.get("batch_shape", ()))})
+
+
+@dataclass(frozen=True)
 class TargetRecord:
     """One lowered model inside the artifact (one backend at one precision).
 
@@ -92,6 +145,7 @@ class TargetRecord:
     record: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] = field(default_factory=dict)
     fidelity: FidelityRecord | None = None
+    timing: TimingRecord | None = None
 
     @property
     def key(self) -> str:
@@ -143,6 +197,7 @@ class TargetRecord:
             "record": dict(self.record),
             "calibration": dict(self.calibration),
             "fidelity": self.fidelity.to_dict() if self.fidelity else None,
+            "timing": self.timing.to_dict() if self.timing else None,
         }
 
     @classmethod
@@ -152,6 +207,8 @@ class TargetRecord:
         data["files"] = tuple(data["files"])
         fid = data.get("fidelity")
         data["fidelity"] = FidelityRecord.from_dict(fid) if fid else None
+        timing = data.get("timing")
+        data["timing"] = TimingRecord.from_dict(timing) if timing else None
         return cls(**data)
 
 
