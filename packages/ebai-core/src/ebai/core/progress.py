@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["progress", "progress_enabled"]
+__all__ = ["progress", "progress_bar", "progress_enabled"]
 
 T = TypeVar("T")
 
@@ -35,6 +35,24 @@ def progress(
 
     yield from tqdm(
         iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        disable=not progress_enabled(),
+        file=sys.stderr,
+        leave=False,
+        **kwargs,
+    )
+
+
+def progress_bar(desc: str, total: float, unit: str = "it", **kwargs: Any) -> Any:
+    """A progress bar advanced by hand (``bar.update(n)``), for work counted in units other than items.
+
+    Use as a context manager; shown and hidden like :func:`progress`.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(
         desc=desc,
         total=total,
         unit=unit,
