@@ -16,8 +16,8 @@ from ebai.core.tiling import predict_tiled
 pytest.importorskip("zarr")
 pytest.importorskip("distributed")
 
-from ebai.core.blocks import block_region, choose_block, image_statistics, plan_blocks, predict_block, tile_grid  # noqa: E402
-from ebai.core.largeio import SampleView, open_image  # noqa: E402
+from ebai.core.blocks import block_region, choose_block, image_statistics, plan_blocks, predict_block, tile_grid
+from ebai.core.largeio import SampleView, open_image
 
 
 def position_dependent(batch: np.ndarray) -> np.ndarray:
@@ -94,34 +94,12 @@ def _zarr_array(path: Path, data: np.ndarray, fmt: int, chunks: tuple[int, ...])
     arr[...] = data
 
 
-def _ome_zarr(path: Path, data: np.ndarray, version: str, axes: str, scale: list[float]) -> None:
-    import zarr
-
-    fmt = 3 if version == "0.5" else 2
-    group = zarr.open_group(store=str(path), mode="w", zarr_format=fmt)
-    for level, factor in enumerate((1, 2)):
-        sub = data[(Ellipsis, slice(None, None, factor), slice(None, None, factor))]
-        arr = group.create_array(str(level), shape=sub.shape, chunks=tuple(max(1, s // 2) for s in sub.shape), dtype=sub.dtype)
-        arr[...] = sub
-    ms = {
-        "axes": [{"name": a, "type": "channel" if a == "c" else "space", **({"unit": "micrometer"} if a != "c" else {})} for a in axes],
-        "datasets": [
-            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [s * (f if i >= len(axes) - 2 else 1) for i, s in enumerate(scale)]}]}
-            for level, f in enumerate((1, 2))
-        ],
-    }
-    if version == "0.5":
-        group.attrs["ome"] = {"version": "0.5", "multiscales": [ms], "omero": {"channels": []}}
-    else:
-        group.attrs.update({"multiscales": [{"version": "0.4", **ms}], "omero": {"channels": []}})
-
-
 @pytest.mark.parametrize(
     ("layout", "shape", "channels"),
     [("zyx", (12, 20, 18), 1), ("czyx", (2, 12, 20, 18), 2), ("yxc", (20, 18, 2), 2), ("zcyx", (12, 2, 20, 18), 2)],
 )
 @pytest.mark.parametrize("fmt", ["zarr2", "zarr3", "ome0.4", "ome0.5", "tiff", "npy"])
-def test_regions_are_laid_out_as_to_sample(tmp_path, rng, layout, shape, channels, fmt) -> None:
+def test_regions_are_laid_out_as_to_sample(tmp_path, rng, write_ome_zarr, layout, shape, channels, fmt) -> None:
     import tifffile
 
     data = rng.integers(0, 1000, size=shape).astype(np.uint16)
@@ -132,7 +110,7 @@ def test_regions_are_laid_out_as_to_sample(tmp_path, rng, layout, shape, channel
         _zarr_array(path, data, int(fmt[-1]), tuple(max(1, s // 3) for s in shape))
     elif fmt.startswith("ome"):
         path = tmp_path / "a.ome.zarr"
-        _ome_zarr(path, data, fmt[3:], layout, [1.0] * len(shape))
+        write_ome_zarr(path, data, fmt[3:], layout, [1.0] * len(shape))
     elif fmt == "tiff":
         path = tmp_path / "a.tif"
         tifffile.imwrite(path, data, tile=(16, 16) if shape[-1] >= 16 and layout != "yxc" else None)
@@ -146,10 +124,10 @@ def test_regions_are_laid_out_as_to_sample(tmp_path, rng, layout, shape, channel
     assert np.array_equal(view.read(region), whole[(slice(None), *region)])
 
 
-def test_ome_zarr_levels_axes_and_scale(tmp_path, rng) -> None:
+def test_ome_zarr_levels_axes_and_scale(tmp_path, rng, write_ome_zarr) -> None:
     data = rng.random((2, 8, 16, 16)).astype(np.float32)
     path = tmp_path / "img.ome.zarr"
-    _ome_zarr(path, data, "0.4", "czyx", [1.0, 2.0, 0.5, 0.5])
+    write_ome_zarr(path, data, "0.4", "czyx", [1.0, 2.0, 0.5, 0.5])
     spec = InputSpec("bczyx", 2, (4, 8, 8))
     level1 = SampleView(open_image(path, level=1), spec)
     assert level1.shape == (8, 8, 8)
@@ -160,10 +138,10 @@ def test_ome_zarr_levels_axes_and_scale(tmp_path, rng) -> None:
         open_image(path, level=5)
 
 
-def test_missing_and_damaged_chunks_are_named(tmp_path, rng) -> None:
+def test_missing_and_damaged_chunks_are_named(tmp_path, rng, write_ome_zarr) -> None:
     data = rng.random((2, 16, 16)).astype(np.float32)
     path = tmp_path / "img.ome.zarr"
-    _ome_zarr(path, data, "0.4", "cyx", [1.0, 1.0, 1.0])
+    write_ome_zarr(path, data, "0.4", "cyx", [1.0, 1.0, 1.0])
     spec = InputSpec("bcyx", 2, (8, 8))
     view = SampleView(open_image(path), spec)
     (path / "0" / "0.1.0").unlink()

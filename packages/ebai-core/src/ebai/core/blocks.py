@@ -159,7 +159,7 @@ def choose_block(grid: TileGrid, channels: int, budget_bytes: int) -> tuple[int,
 
 
 def block_region(grid: TileGrid, block: Block) -> tuple[tuple[slice, ...], list[tuple[int, int]], tuple[int, ...]]:
-    """What a block reads: image region, padding to add, and the region's start in padded coordinates."""
+    """Return what a block reads: image region, padding to add, and the region's start in padded coordinates."""
     read, pads, origin = [], [], []
     for axis, (i0, i1) in enumerate(block.tiles):
         lo = grid.starts[axis][i0]

@@ -26,17 +26,28 @@ import numpy as np
 
 from ebai.core.errors import InputError
 
-__all__ = ["CLUSTERS", "BlockJob", "jobqueue_cluster", "open_client", "run_block", "worker_threads", "workers_info"]
+__all__ = [
+    "CLUSTERS",
+    "BlockJob",
+    "jobqueue_cluster",
+    "open_client",
+    "run_block",
+    "usable_cores",
+    "worker_threads",
+    "workers_info",
+]
 
 #: Batch systems ``--cluster`` accepts, with their dask-jobqueue classes.
 CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
 _JOBQUEUE_INSTALL = "pip install 'ebai-core[large]'"
 
 
-def jobqueue_cluster(kind: str, *, cores: int, memory: str, walltime: str, processes: int = 1, **extra: Any) -> Any:
-    """Make (not scale) a dask-jobqueue cluster of ``kind``; each job runs ``processes`` workers.
+def jobqueue_cluster(kind: str, *, cores: int, memory: str, walltime: str, **extra: Any) -> Any:
+    """Make (not scale) a dask-jobqueue cluster of ``kind``: each job is one worker process.
 
-    ``job_script()`` of the result is the script each job submits; ``scale(jobs=N)`` submits them.
+    The job reserves ``cores`` cores while its worker runs one block at a time on one Dask thread;
+    the engine inside uses the reserved cores. ``job_script()`` of the result is the script each job
+    submits; ``scale(jobs=N)`` submits them.
     """
     if kind not in CLUSTERS:
         msg = f"unknown cluster kind {kind!r}: use one of {', '.join(CLUSTERS)}"
@@ -47,10 +58,29 @@ def jobqueue_cluster(kind: str, *, cores: int, memory: str, walltime: str, proce
         from ebai.core.errors import MissingDependencyError
 
         raise MissingDependencyError(_JOBQUEUE_INSTALL) from exc
+    reserve = {
+        "slurm": {"job_cpu": cores},
+        "pbs": {"resource_spec": f"select=1:ncpus={cores}:mem={memory}"},
+        "lsf": {"ncpus": cores},
+    }[kind]
     cls = getattr(dask_jobqueue, CLUSTERS[kind])
     return cls(
-        cores=cores, processes=processes, memory=memory, walltime=walltime, scheduler_options={"dashboard_address": None}, **extra
+        cores=1,
+        processes=1,
+        memory=memory,
+        walltime=walltime,
+        scheduler_options={"dashboard_address": None},
+        **reserve,
+        **extra,
     )
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the batch system's allocation, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @contextmanager
@@ -93,10 +123,8 @@ def open_client(
         made = jobqueue_cluster(cluster, cores=cores, memory=memory, walltime=walltime)
         made.scale(jobs=jobs)
     else:
-        n = workers or max(1, (os.cpu_count() or 1) // 4)
-        made = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        )
+        n = workers or max(1, usable_cores() // 4)
+        made = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
     try:
         with Client(made) as client:
             if cluster:
@@ -107,7 +135,7 @@ def open_client(
 
 
 def workers_info(client: Any) -> dict[str, Any]:
-    """The scheduler's record of every worker (recent distributed lists 5 unless asked for all)."""
+    """Return the scheduler's record of every worker (recent distributed lists 5 unless asked for all)."""
     import inspect
 
     if "n_workers" in inspect.signature(client.scheduler_info).parameters:
@@ -121,7 +149,7 @@ def worker_threads(client: Any) -> dict[str, int]:
     per_host: dict[str, int] = {}
     for w in info.values():
         per_host[w["host"]] = per_host.get(w["host"], 0) + 1
-    cores = client.run(os.cpu_count)
+    cores = client.run(usable_cores)
     out: dict[str, int] = {}
     for addr, n in cores.items():
         host = info[addr]["host"] if addr in info else addr

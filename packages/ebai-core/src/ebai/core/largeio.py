@@ -182,7 +182,9 @@ def _zarr_image(path: Path, level: int) -> LazyImage:
         for t in transforms:
             if t.get("type") == "scale" and len(t.get("scale", ())) == array.ndim:
                 scale = scale * np.asarray(t["scale"], dtype=float)
-    carried = {k: v for k, v in (ome.items() if "ome" in attrs else attrs.items()) if k not in ("multiscales", "version")}
+    carried = {
+        k: v for k, v in (ome.items() if "ome" in attrs else attrs.items()) if k not in ("multiscales", "version")
+    }
     return LazyImage(
         path,
         array,

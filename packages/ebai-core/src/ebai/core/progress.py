@@ -46,7 +46,7 @@ def progress(
 
 
 def progress_bar(desc: str, total: float, unit: str = "it", **kwargs: Any) -> Any:
-    """A progress bar advanced by hand (``bar.update(n)``), for work counted in units other than items.
+    """Make a progress bar advanced by hand (``bar.update(n)``), for work counted in units other than items.
 
     Use as a context manager; shown and hidden like :func:`progress`.
     """

@@ -39,14 +39,54 @@ def large_options(command: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Process block by block on Dask and write OME-Zarr even when the image fits in memory.",
         ),
-        click.option("--level", default=0, show_default=True, type=click.IntRange(min=0), help="Resolution level of multiscale OME-Zarr/TIFF inputs."),
-        click.option("--block", default=None, metavar="Z,Y,X", help="Block (and output chunk) size in voxels (default: sized to --block-memory)."),
-        click.option("--block-memory", default=768, show_default=True, type=click.IntRange(min=16), help="MiB one block may use in a worker."),
-        click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes of the local Dask cluster (default: cores / 4)."),
-        click.option("--scheduler", default=None, metavar="ADDRESS", help="Join a running Dask scheduler (tcp://host:8786) instead of starting a local cluster."),
-        click.option("--cluster", default=None, type=click.Choice(["slurm", "pbs", "lsf"]), help="Start the Dask cluster through dask-jobqueue."),
-        click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="Batch jobs (--cluster), one worker each."),
-        click.option("--cores", default=4, show_default=True, type=click.IntRange(min=1), help="Cores per batch job (--cluster)."),
+        click.option(
+            "--level",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Resolution level of multiscale OME-Zarr/TIFF inputs.",
+        ),
+        click.option(
+            "--block",
+            default=None,
+            metavar="Z,Y,X",
+            help="Block (and output chunk) size in voxels (default: sized to --block-memory).",
+        ),
+        click.option(
+            "--block-memory",
+            default=768,
+            show_default=True,
+            type=click.IntRange(min=16),
+            help="MiB one block may use in a worker.",
+        ),
+        click.option(
+            "--workers",
+            default=None,
+            type=click.IntRange(min=1),
+            help="Worker processes of the local Dask cluster (default: cores / 4).",
+        ),
+        click.option(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help="Join a running Dask scheduler (tcp://host:8786) instead of starting a local cluster.",
+        ),
+        click.option(
+            "--cluster",
+            default=None,
+            type=click.Choice(["slurm", "pbs", "lsf"]),
+            help="Start the Dask cluster through dask-jobqueue.",
+        ),
+        click.option(
+            "--jobs",
+            default=1,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Batch jobs (--cluster), one worker each.",
+        ),
+        click.option(
+            "--cores", default=4, show_default=True, type=click.IntRange(min=1), help="Cores per batch job (--cluster)."
+        ),
         click.option("--memory", default="16GB", show_default=True, help="Memory per batch job (--cluster)."),
         click.option("--walltime", default="01:00:00", show_default=True, help="Wall time per batch job (--cluster)."),
     ]
@@ -107,7 +147,9 @@ def split_inputs(inputs: Sequence[str], force: bool) -> tuple[list[str], list[Pa
     for item in inputs:
         path = Path(item)
         if force:
-            large.extend(expand_inputs([item], is_image, readable="TIFF, PNG, NPY or Zarr", sources="images, folders or globs"))
+            large.extend(
+                expand_inputs([item], is_image, readable="TIFF, PNG, NPY or Zarr", sources="images, folders or globs")
+            )
         elif is_zarr(path) or (path.is_file() and needs_blocks(path)):
             large.append(path)
         elif path.is_dir() and not is_zarr(path):
@@ -124,8 +166,16 @@ def split_inputs(inputs: Sequence[str], force: bool) -> tuple[list[str], list[Pa
 
             require_large()
         except MissingDependencyError:
-            why = "is a Zarr image" if is_zarr(large[0]) else "does not fit in memory" if not force else "is to be run on Dask"
-            click.echo(f"error: {str(large[0])!r} {why}: ebai processes it block by block with the 'large' extra", err=True)
+            why = (
+                "is a Zarr image"
+                if is_zarr(large[0])
+                else "does not fit in memory"
+                if not force
+                else "is to be run on Dask"
+            )
+            click.echo(
+                f"error: {str(large[0])!r} {why}: ebai processes it block by block with the 'large' extra", err=True
+            )
             raise
     return small, large
 
@@ -281,7 +331,13 @@ def run_large(
         if not work:
             return
         with open_client(
-            scheduler=scheduler, cluster=cluster, workers=workers, jobs=jobs, cores=cores, memory=memory, walltime=walltime
+            scheduler=scheduler,
+            cluster=cluster,
+            workers=workers,
+            jobs=jobs,
+            cores=cores,
+            memory=memory,
+            walltime=walltime,
         ) as client:
             client.run(check_paths, work[0][1].artifact, *(job.source for _, job, _, _ in work), str(out_dir.resolve()))
             threads = tuple(sorted(worker_threads(client).items()))

@@ -102,7 +102,16 @@ def run(
     if big:
         large.pop("chunked")
         run_large(
-            art, record, opts, big, out_dir, overwrite=overwrite, batch_size=batch_size, overlap=overlap, raw=raw, **large
+            art,
+            record,
+            opts,
+            big,
+            out_dir,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            overlap=overlap,
+            raw=raw,
+            **large,
         )
         if not small:
             return
