@@ -125,7 +125,12 @@ def summary(manifest: Any, path: Path) -> str:
 )
 @click.option("--divisor", type=int, help="Spatial sizes the model takes must be multiples of this.")
 @click.option(
-    "--data", "-d", "data", multiple=True, required=True, help="Image folder, file or glob (TIFF/PNG/NPY); repeatable."
+    "--data",
+    "-d",
+    "data",
+    multiple=True,
+    required=True,
+    help="Image folder, file or glob (TIFF/PNG/NPY, Zarr/OME-Zarr; of a large image only the centre is read); repeatable.",
 )
 @click.option("--prune", "prune_spec", help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5; 'none' to skip.")
 @click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")

@@ -28,8 +28,8 @@ from ebai.core.tiling import _batches, _border_flat, _check, _profile, tile_star
 
 __all__ = ["Block", "TileGrid", "choose_block", "image_statistics", "plan_blocks", "predict_block", "tile_grid"]
 
-#: Bytes a block needs per voxel of its region and channel (read, normalised, accumulated, cropped).
-_BYTES_PER_VOXEL = 12
+#: Bytes a block holds per voxel of its region and channel: the input read and normalised, the float32 blend.
+_BYTES_PER_VOXEL = 8
 
 
 @dataclass(frozen=True)
@@ -137,25 +137,46 @@ def plan_blocks(grid: TileGrid, block: Sequence[int]) -> list[Block]:
     ]
 
 
+def _axis_options(grid: TileGrid, axis: int) -> list[tuple[int, int, int]]:
+    """Block lengths worth trying along ``axis``: ``(length, tiles run over all blocks, longest region)``."""
+    size, t, pad, starts = grid.shape[axis], grid.tile[axis], grid.before[axis], grid.starts[axis]
+    options = []
+    for k in range(1, max(1, size // max(1, t // 2)) + 1):
+        length = -(-size // k)
+        if options and options[-1][0] == length:
+            continue
+        run = longest = 0
+        for lo in range(0, size, length):
+            hi = min(lo + length, size)
+            hit = [i for i, s in enumerate(starts) if s < hi + pad and s + t > lo + pad]
+            run += len(hit)
+            longest = max(longest, starts[hit[-1]] + t - starts[hit[0]])
+        options.append((length, run, longest))
+    return options
+
+
 def choose_block(grid: TileGrid, channels: int, budget_bytes: int) -> tuple[int, ...]:
-    """Largest block whose region (block plus halo) fits ``budget_bytes`` for ``channels`` in and out.
+    """Pick the block shape that runs the fewest tiles while its region fits ``budget_bytes``.
 
-    Blocks are halved along the axis spanning most tiles until they fit (never below one tile), which
-    keeps them about as wide as deep in tiles, i.e. the fewest tiles run twice at block borders.
+    Tiles straddling a block border run once per block they overlap, so small blocks cost time;
+    the region a block holds (block plus halo, ``channels`` in and out) costs memory. The grid is a
+    product of per-axis grids, so both are products of per-axis figures and every combination of
+    per-axis block lengths is scored exactly.
     """
-    block = list(grid.shape)
-
-    def region_bytes() -> int:
-        region = [min(s, b + 2 * t) for s, b, t in zip(grid.shape, block, grid.tile, strict=True)]
-        return math.prod(region) * _BYTES_PER_VOXEL * channels
-
-    while region_bytes() > budget_bytes:
-        ratios = [b / t if b > t else 0.0 for b, t in zip(block, grid.tile, strict=True)]
-        axis = int(np.argmax(ratios))
-        if ratios[axis] == 0.0:
-            break
-        block[axis] = max(grid.tile[axis], -(-block[axis] // 2))
-    return tuple(block)
+    budget_voxels = max(1, budget_bytes // (_BYTES_PER_VOXEL * channels))
+    per_axis = [_axis_options(grid, a) for a in range(len(grid.shape))]
+    best: tuple[float, int, tuple[int, ...]] | None = None
+    for combo in product(*per_axis):
+        region = math.prod(o[2] for o in combo)
+        if region > budget_voxels:
+            continue
+        tiles = math.prod(o[1] for o in combo)
+        key = (tiles, -region, tuple(o[0] for o in combo))
+        if best is None or key[:2] < best[:2]:
+            best = key
+    if best is None:  # not even one tile per block fits: the smallest blocks
+        return tuple(o[-1][0] for o in per_axis)
+    return best[2]
 
 
 def block_region(grid: TileGrid, block: Block) -> tuple[tuple[slice, ...], list[tuple[int, int]], tuple[int, ...]]:
@@ -247,10 +268,10 @@ def predict_block(
     crop = tuple(
         slice(lo + grid.before[a] - origin[a], hi + grid.before[a] - origin[a]) for a, (lo, hi) in enumerate(block.core)
     )
-    weight = np.ones(())
+    weight = np.ones((), dtype=np.float32)
     for axis, sl in enumerate(crop):
-        weight = np.multiply.outer(weight, axis_sums[axis][sl])
-    return (acc[(slice(None), *crop)] / weight).astype(np.float32)
+        weight = np.multiply.outer(weight, axis_sums[axis][sl].astype(np.float32))
+    return acc[(slice(None), *crop)] / weight
 
 
 def image_statistics(

@@ -14,6 +14,7 @@ threads = cores.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -108,6 +109,7 @@ def open_client(
     """
     from distributed import Client, LocalCluster
 
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # its INFO lines would drown ebai's
     if scheduler:
         try:
             client = Client(scheduler, timeout="30s")
@@ -124,7 +126,14 @@ def open_client(
         made.scale(jobs=jobs)
     else:
         n = workers or max(1, usable_cores() // 4)
-        made = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+        made = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     try:
         with Client(made) as client:
             if cluster:

@@ -15,6 +15,7 @@ the ``ebai-core[large]`` extra (``pip install 'ebai-core[large]'``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from itertools import product
@@ -32,7 +33,10 @@ __all__ = [
     "OutputZarr",
     "SampleView",
     "is_zarr",
+    "large_available",
+    "needs_blocks",
     "open_image",
+    "read_crop",
     "require_large",
     "write_block",
 ]
@@ -40,6 +44,8 @@ __all__ = [
 #: The install line of everything this module and the Dask path need.
 LARGE_INSTALL = "pip install 'ebai-core[large]'"
 _ZARR_MARKERS = (".zarray", ".zgroup", ".zattrs", "zarr.json")
+#: Bytes the in-memory path holds per voxel of an image (read, sample, float64 blend, output).
+_IN_MEMORY_BYTES_PER_VOXEL = 32
 _SPACE = {"z", "y", "x"}
 
 
@@ -53,10 +59,48 @@ def require_large() -> None:
         raise MissingDependencyError(LARGE_INSTALL) from exc
 
 
+def large_available() -> bool:
+    """Whether the ``ebai-core[large]`` extra is installed."""
+    try:
+        require_large()
+    except MissingDependencyError:
+        return False
+    return True
+
+
 def is_zarr(path: str | Path) -> bool:
     """Whether ``path`` is a Zarr array or group folder (format 2 or 3, OME-Zarr included)."""
     path = Path(path)
     return path.is_dir() and any((path / m).is_file() for m in _ZARR_MARKERS)
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def _voxels(path: Path) -> int:
+    """Voxels of a TIFF or NPY file, from its header; 0 when unknown."""
+    try:
+        if path.suffix.lower() == ".npy":
+            return int(np.load(path, mmap_mode="r", allow_pickle=False).size)
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return int(math.prod(tif.series[0].shape))
+    except Exception:  # unreadable here: the in-memory path reports it with its own message
+        return 0
+
+
+def needs_blocks(path: Path) -> bool:
+    """Whether ``path`` must go block by block: a Zarr folder, or a file too large for memory."""
+    if is_zarr(path):
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff", ".npy"):
+        return False
+    return _voxels(path) * _IN_MEMORY_BYTES_PER_VOXEL > _physical_memory() // 2
 
 
 @dataclass
@@ -466,3 +510,18 @@ def write_block(path: Path, name: str, index: tuple[slice, ...], data: np.ndarra
     tmp = marker.with_name(f".{name}.{os.getpid()}")
     tmp.touch()
     tmp.replace(marker)
+
+
+def read_crop(path: str | Path, spec: InputSpec, *, tiles: int = 4, level: int = 0) -> np.ndarray:
+    """Read the centre of a large image, at most ``tiles`` tiles along each axis, as ``(C, *crop)``.
+
+    Compression uses this for images that do not fit in memory: calibration, fine-tuning and the
+    accuracy guard cut their tiles from the crop, so only the crop is ever read.
+    """
+    view = SampleView(open_image(path, level), spec)
+    region = []
+    for size, t in zip(view.shape, spec.tile, strict=True):
+        length = min(size, tiles * int(t))
+        start = (size - length) // 2
+        region.append(slice(start, start + length))
+    return view.read(tuple(region))

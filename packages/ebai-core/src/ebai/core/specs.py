@@ -73,7 +73,9 @@ class Normalization:
             return x
         shape = (-1,) + (1,) * (x.ndim - 1)
         scale = np.maximum(hi - lo, 1e-8).reshape(shape)
-        return ((x - np.asarray(lo).reshape(shape)) / scale).astype(np.float32)
+        out = x - np.asarray(lo).reshape(shape)
+        out /= scale  # in place: large blocks hold one copy of the sample, not three
+        return out.astype(np.float32, copy=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form stored in manifests."""

@@ -9,8 +9,6 @@ on images that fit.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,12 +19,10 @@ import click
 
 from ebai.core.errors import InputError, MissingDependencyError
 
-__all__ = ["large_options", "needs_blocks", "run_large", "split_inputs"]
+__all__ = ["large_options", "run_large", "split_inputs"]
 
 logger = logging.getLogger("ebai.large")
 
-#: Bytes the in-memory path holds per voxel of an image (read, sample, float64 blend, output).
-_IN_MEMORY_BYTES_PER_VOXEL = 32
 _ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 _FILE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy")
 
@@ -95,39 +91,6 @@ def large_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 << 30
-
-
-def _voxels(path: Path) -> int:
-    """Voxels of a TIFF or NPY file, from its header; 0 when unknown."""
-    import numpy as np
-
-    try:
-        if path.suffix.lower() == ".npy":
-            return int(np.load(path, mmap_mode="r", allow_pickle=False).size)
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            return int(math.prod(tif.series[0].shape))
-    except Exception:  # unreadable here: the in-memory path reports it with its own message
-        return 0
-
-
-def needs_blocks(path: Path) -> bool:
-    """Whether ``path`` must go block by block: a Zarr folder, or a file too large for memory."""
-    from ebai.core.largeio import is_zarr
-
-    if is_zarr(path):
-        return True
-    if path.suffix.lower() not in (".tif", ".tiff", ".npy"):
-        return False
-    return _voxels(path) * _IN_MEMORY_BYTES_PER_VOXEL > _physical_memory() // 2
-
-
 def split_inputs(inputs: Sequence[str], force: bool) -> tuple[list[str], list[Path]]:
     """Split the user's inputs into those run in memory and those run block by block.
 
@@ -137,7 +100,7 @@ def split_inputs(inputs: Sequence[str], force: bool) -> tuple[list[str], list[Pa
     :class:`MissingDependencyError` with the install line, after saying which input it is.
     """
     from ebai.core.imageio import IMAGE_SUFFIXES, expand_inputs
-    from ebai.core.largeio import is_zarr
+    from ebai.core.largeio import is_zarr, needs_blocks
 
     def is_image(p: Path) -> bool:
         return is_zarr(p) or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
