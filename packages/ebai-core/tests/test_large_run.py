@@ -200,6 +200,27 @@ def test_dask_path_equals_in_memory(
     assert tuple(bio.shape[-2:]) == images[kind].shape[-2:]
 
 
+def _loads(artifact: str) -> int:
+    from ebai.core.distributed import LOADS
+
+    return LOADS.get(artifact, 0)
+
+
+def test_each_worker_compiles_the_engine_once(artifacts, images, cluster, tmp_path) -> None:
+    from distributed import Client
+
+    source = tmp_path / "vol.npy"
+    np.save(source, images["3d"])
+    for run in ("a", "b"):
+        invoke(
+            "run", artifacts["3d"], source, "-o", tmp_path / run, "--scheduler", cluster.scheduler_address,
+            "--block", "16,32,32", "-O", "inference_precision=f32",
+        )  # fmt: skip
+    with Client(cluster.scheduler_address) as client:
+        loads = client.run(_loads, str(artifacts["3d"].resolve()))
+    assert len(loads) == 2 and all(n == 1 for n in loads.values()), loads
+
+
 def test_embedded_cluster_resumes_and_overwrites(artifacts, images, references, tmp_path) -> None:
     source = tmp_path / "vol.npy"
     np.save(source, images["3d"])

@@ -190,6 +190,8 @@ class BlockJob:
 
 
 _ENGINES: dict[tuple[Any, ...], Any] = {}
+#: Engines compiled by this process, per artifact path (what "once per worker" is checked by).
+LOADS: dict[str, int] = {}
 _VIEWS: dict[tuple[Any, ...], Any] = {}
 
 
@@ -214,6 +216,7 @@ def _engine(job: BlockJob) -> Any:
             options["num_threads"] = dict(job.threads).get(host, 1)
         art = Artifact.open(job.artifact)  # every sha256 checked, once per worker process
         _ENGINES[key] = art.load_engine(job.backend, job.precision, **options)
+        LOADS[job.artifact] = LOADS.get(job.artifact, 0) + 1
     return _ENGINES[key]
 
 

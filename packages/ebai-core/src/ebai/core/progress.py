@@ -31,21 +31,10 @@ def progress(
     iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", **kwargs: Any
 ) -> Iterator[T]:
     """Wrap ``iterable`` in a progress bar labelled ``desc``."""
-    from tqdm.auto import tqdm
-
-    yield from tqdm(
-        iterable,
-        desc=desc,
-        total=total,
-        unit=unit,
-        disable=not progress_enabled(),
-        file=sys.stderr,
-        leave=False,
-        **kwargs,
-    )
+    yield from progress_bar(desc, total, unit, iterable=iterable, **kwargs)
 
 
-def progress_bar(desc: str, total: float, unit: str = "it", **kwargs: Any) -> Any:
+def progress_bar(desc: str, total: float | None, unit: str = "it", **kwargs: Any) -> Any:
     """Make a progress bar advanced by hand (``bar.update(n)``), for work counted in units other than items.
 
     Use as a context manager; shown and hidden like :func:`progress`.
