@@ -16,7 +16,7 @@ Throughput is output voxels / wall time of the whole command (start-up, statisti
 writing included).
 
 Run:  python benchmarks/scale.py [--sizes 1,4,12] [--workers 1] [--block-memory 1536] [--dir /tmp/ebai-scale]
-      [--json out.json]
+      [--json out.json] [--skip-in-memory]
 
 Disk: each Dask row needs its input and its output (2x the size); the 1 GB row also an NPY copy
 and a TIFF output.
@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--block-memory", type=int, default=1536)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ebai-scale"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--skip-in-memory", action="store_true", help="only Dask rows (e.g. to add a size later)")
     opts = parser.parse_args()
     opts.dir.mkdir(parents=True, exist_ok=True)
     artifact = build_artifact(opts.dir / "denoiser-int8.ebai")
@@ -147,7 +148,7 @@ def main() -> None:
 
     def report(row: dict[str, Any]) -> None:
         rows.append(row)
-        first = rows[0]  # the in-memory row
+        first = rows[0]  # the in-memory row, unless --skip-in-memory
         ratio = row["voxels_per_s"] / first["voxels_per_s"]
         print(
             f"| {row['path']} | {row['gb']:.0f} GB {row['shape']} | {row['voxels_per_s'] / 1e6:.2f} M | "
@@ -157,14 +158,14 @@ def main() -> None:
         if opts.json:
             opts.json.write_text(json.dumps(rows, indent=1))
 
-    print("| path | volume (float32) | voxels/s | peak RSS, all processes | wall | vs in memory |", flush=True)
+    print("| path | volume (float32) | voxels/s | peak RSS, all processes | wall | vs first row |", flush=True)
     print("| --- | --- | ---: | ---: | ---: | ---: |", flush=True)
     for i, size in enumerate(float(s) for s in opts.sizes.split(",")):
         shape = shape_for(size)
         voxels = math.prod(shape)
         folder = opts.dir / f"{size:g}GB"
         folder.mkdir(exist_ok=True)
-        if i == 0:
+        if i == 0 and not opts.skip_in_memory:
             npy = folder / "volume.npy"
             write_npy(npy, shape, base)
             wall, peak = measure(["run", str(artifact), str(npy), "-o", str(folder / "in-memory"), "--overwrite"])
