@@ -19,7 +19,7 @@ import sys
 
 
 def main() -> None:
-    from ebai.adapters.tasks.cli import report
+    from ebai.tasks.cli import report
 
     args = sys.argv[1:]
     if not any(a in ("-o", "--output") or a.startswith("--output=") for a in args):

@@ -256,7 +256,7 @@ def test_package_does_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, ebai.openvino, ebai.openvino.backend, ebai.openvino.engine, ebai.openvino._quantization, "
+        "import sys, ebai.openvino, ebai.openvino._backend, ebai.openvino._engine, ebai.openvino._quantization, "
         "ebai.openvino._deconvolution; from ebai.openvino import OpenVINOBackend; OpenVINOBackend().available(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorrt', 'pycuda')))"
     )

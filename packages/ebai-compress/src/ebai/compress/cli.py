@@ -1,8 +1,9 @@
 """``ebai compress``: the command-line face of :func:`ebai.compress.compress`.
 
 The model comes from a Python factory (``file.py:build`` or ``package.module:build``) plus a state
-dict, from a TorchScript file, or from an installed adapter (``--adapter cellpose``); loading goes
-through ``ebai.adapters`` so files are read the same way everywhere. Options given here override
+dict, from a TorchScript file, or from an installed adapter (``--adapter cellpose``). Every model is loaded by an adapter looked up in
+the plugin registry (a factory or TorchScript file by the ``torch`` adapter of ebai-adapters), so
+files are read the same way everywhere and ebai-compress does not depend on ebai-adapters. Options given here override
 the recipe file.
 """
 
@@ -62,9 +63,9 @@ def _model_source(
     if missing:
         msg = f"a model given as {model!r} needs {', '.join(missing)} to know its input (e.g. --axes bczyx --channels 1 --tile 32,64,64)"
         raise InputError(msg)
-    from ebai.adapters import TorchAdapter
+    from ebai.core.plugins import get_adapter
 
-    return TorchAdapter(model, weights=weights, trust_pickle=trust_pickle, **given)
+    return get_adapter("torch")(model, weights=weights, trust_pickle=trust_pickle, **given)
 
 
 def _fmt(n: float) -> str:

@@ -45,7 +45,10 @@ _KNOWN_HOMES = {
     (ADAPTERS, "cellpose"): "ebai-adapters[cellpose]",
     (ADAPTERS, "mmv_im2im"): "ebai-adapters[mmv_im2im]",
     (CLI, "compress"): "ebai-compress",
-    (CLI, "demo"): "ebai-adapters",
+    (ADAPTERS, "task"): "ebai-tasks",
+    (CLI, "demo"): "ebai-tasks",
+    (CLI, "report"): "ebai-tasks",
+    (CLI, "sweep"): "ebai-tasks",
 }
 
 

@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-from ebai.openvino.backend import LOAD_OPTIONS, OpenVINOBackend
-from ebai.openvino.engine import HINTS, INFERENCE_PRECISIONS, OpenVINOEngine
+from ebai.openvino._backend import LOAD_OPTIONS, OpenVINOBackend
+from ebai.openvino._engine import HINTS, INFERENCE_PRECISIONS, OpenVINOEngine
 
 __all__ = ["HINTS", "INFERENCE_PRECISIONS", "LOAD_OPTIONS", "OpenVINOBackend", "OpenVINOEngine", "__version__"]

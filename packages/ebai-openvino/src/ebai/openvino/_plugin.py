@@ -7,7 +7,7 @@ from ebai.core.plugins import PluginSpec
 backend = PluginSpec(
     name="openvino",
     package="ebai-openvino",
-    target="ebai.openvino.backend:OpenVINOBackend",
+    target="ebai.openvino._backend:OpenVINOBackend",
     requires=("openvino", "nncf"),
     install="pip install ebai-openvino",
 )

@@ -2,7 +2,7 @@
 
 Each of ebai's four reference tasks (the bioimage tasks of the EfficientBioAI paper's Table 1) is a
 :class:`Task` subclass. A task is what ``ebai demo`` and ``ebai report`` compress and measure, and
-what ``benchmarks/train_tasks.py`` trains; its data come from a seeded generator, so results can
+what ``packages/ebai-tasks/scripts/train_tasks.py`` trains; its data come from a seeded generator, so results can
 be reproduced anywhere without downloading anything.
 """
 
@@ -42,7 +42,7 @@ def standardize(image: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """How ``benchmarks/train_tasks.py`` trains a task's network (deterministically, on a CPU).
+    """How ``packages/ebai-tasks/scripts/train_tasks.py`` trains a task's network (deterministically, on a CPU).
 
     Attributes
     ----------
@@ -120,7 +120,7 @@ class Task(ABC):
     stream: ClassVar[int]
     plan: ClassVar[TrainingPlan]
     requires: ClassVar[tuple[str, ...]] = ("torch", "monai", "safetensors")
-    install: ClassVar[str] = "pip install 'ebai-adapters[tasks]'"
+    install: ClassVar[str] = "pip install ebai-tasks"
     guard_metric: ClassVar[str] = "pearson"
     guard_thresholds: ClassVar[tuple[float, float]] = (0.95, 0.9)
     min_distill_steps: ClassVar[int] = 0
@@ -185,7 +185,7 @@ class Task(ABC):
 
     def load_trained(self) -> Any:
         """Return the network with the weights shipped in the package, in eval mode on the CPU."""
-        from ebai.adapters.tasks._weights import load_into
+        from ebai.tasks._weights import load_into
 
         self.check_available()
         module = self.build_model()
@@ -193,8 +193,8 @@ class Task(ABC):
         return module.eval()
 
     def adapter(self) -> Any:
-        """Return the :class:`~ebai.adapters.tasks.TaskAdapter` (an :class:`ebai.adapters.Adapter`) of this task."""
-        from ebai.adapters.tasks._adapter import TaskAdapter
+        """Return the :class:`~ebai.tasks.TaskAdapter` (an :class:`ebai.adapters.Adapter`) of this task."""
+        from ebai.tasks._adapter import TaskAdapter
 
         return TaskAdapter(self.name)
 

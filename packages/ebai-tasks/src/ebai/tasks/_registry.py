@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING
 from ebai.core.errors import InputError
 
 if TYPE_CHECKING:
-    from ebai.adapters.tasks._task import Task
+    from ebai.tasks._task import Task
 
 __all__ = ["TASK_NAMES", "get_task"]
 
 #: Task name -> ``module:class``, in the order of the EfficientBioAI paper's Table 1.
 _TASKS = {
-    "denoising": "ebai.adapters.tasks._denoising:DenoisingTask",
-    "nuclei": "ebai.adapters.tasks._nuclei:NucleiTask",
-    "labelfree": "ebai.adapters.tasks._labelfree:LabelFreeTask",
-    "semantic": "ebai.adapters.tasks._semantic:SemanticTask",
+    "denoising": "ebai.tasks._denoising:DenoisingTask",
+    "nuclei": "ebai.tasks._nuclei:NucleiTask",
+    "labelfree": "ebai.tasks._labelfree:LabelFreeTask",
+    "semantic": "ebai.tasks._semantic:SemanticTask",
 }
 #: The reference tasks' names, in table order.
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)

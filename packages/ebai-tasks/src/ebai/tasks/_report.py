@@ -1,7 +1,7 @@
 """Writing the Table-1 evidence: a markdown table, PNG plots and a JSON record, in one folder.
 
 The folder is written atomically (complete or absent). Plots need matplotlib
-(``pip install 'ebai-adapters[report]'``); without it the report says so and holds the tables only.
+(``pip install 'ebai-tasks[report]'``); without it the report says so and holds the tables only.
 matplotlib is driven through its object API with the Agg canvas, so making a report never
 changes the plotting backend of the caller's session.
 """
@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ebai.adapters.tasks._benchmark import BASELINES, TaskTable
 from ebai.core.files import atomic_dir
+from ebai.tasks._benchmark import BASELINES, TaskTable
 
 __all__ = ["format_table", "plot_slices", "plot_table", "report_markdown", "write_report"]
 
-_REPORT_INSTALL = "pip install 'ebai-adapters[report]'"
+_REPORT_INSTALL = "pip install 'ebai-tasks[report]'"
 #: Rows shown in the slice figure (the paper's Fig. 3: input, ground truth, fp32, int8), in order.
 _SLICE_ROWS = (
     ("torch", "PyTorch fp32"),
@@ -148,6 +148,7 @@ def report_markdown(
         "ebai-compress",
         "ebai-openvino",
         "ebai-adapters",
+        "ebai-tasks",
         "torch",
         "openvino",
         "nncf",

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ebai.adapters.tasks import _synthetic as syn
-from ebai.adapters.tasks._task import PearsonTask, TrainingPlan
 from ebai.core.specs import Normalization
+from ebai.tasks import _synthetic as syn
+from ebai.tasks._task import PearsonTask, TrainingPlan
 
 __all__ = ["LabelFreeTask"]
 
-#: :class:`~ebai.adapters.tasks._fnet.FNet3D` arguments of the shipped network (0.43 M parameters).
+#: :class:`~ebai.tasks._fnet.FNet3D` arguments of the shipped network (0.43 M parameters).
 FNET_ARGS: dict[str, Any] = {"in_channels": 1, "out_channels": 1, "base": 16, "depth": 2}
 
 
@@ -40,7 +40,7 @@ class LabelFreeTask(PearsonTask):
     test_count = 2
     stream = 3
     requires = ("torch", "safetensors")
-    install = "pip install 'ebai-adapters[tasks]'"
+    install = "pip install ebai-tasks"
     # pruned 50%, Pearson to the original after distillation: 0.70 at 40 steps, 0.85 at 200, 0.92 at 300, 0.94 at 500
     min_distill_steps = 400
     plan = TrainingPlan(samples=24, shape=(32, 96, 96), crop=(16, 64, 64), steps=1500, batch=2, lr=2e-3)
@@ -85,7 +85,7 @@ class LabelFreeTask(PearsonTask):
         return light[None].astype(np.float32), target[None].astype(np.float32)
 
     def build_model(self) -> Any:
-        """Build the fnet-style :class:`~ebai.adapters.tasks._fnet.FNet3D` with :data:`FNET_ARGS`."""
-        from ebai.adapters.tasks._fnet import FNet3D
+        """Build the fnet-style :class:`~ebai.tasks._fnet.FNet3D` with :data:`FNET_ARGS`."""
+        from ebai.tasks._fnet import FNet3D
 
         return FNet3D(**FNET_ARGS)

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ebai.adapters.tasks._adapter import TaskAdapter
-from ebai.adapters.tasks._task import CALIBRATION_SEED, TEST_SEED, Task
 from ebai.core.errors import MissingDependencyError
 from ebai.core.progress import progress
+from ebai.tasks._adapter import TaskAdapter
+from ebai.tasks._task import CALIBRATION_SEED, TEST_SEED, Task
 
 __all__ = ["BASELINES", "BenchSettings", "Row", "TaskTable", "distill_steps", "measure_task", "require_compression"]
 

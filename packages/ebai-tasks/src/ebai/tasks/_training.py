@@ -1,8 +1,8 @@
 """Deterministic training of a reference task's network on its synthetic data, on a CPU.
 
-``benchmarks/train_tasks.py`` calls :func:`train_task` to make the weights shipped in the package.
-Everything random is seeded (the data by :data:`~ebai.adapters.tasks._task.TRAIN_SEED`, torch and
-the crop positions by the task's :class:`~ebai.adapters.tasks._task.TrainingPlan`) and torch runs
+``packages/ebai-tasks/scripts/train_tasks.py`` calls :func:`train_task` to make the weights shipped in the package.
+Everything random is seeded (the data by :data:`~ebai.tasks._task.TRAIN_SEED`, torch and
+the crop positions by the task's :class:`~ebai.tasks._task.TrainingPlan`) and torch runs
 deterministic algorithms, so the same machine, thread count and library versions give the same
 weights.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ebai.adapters.tasks._task import TRAIN_SEED, Task
 from ebai.core.progress import progress
+from ebai.tasks._task import TRAIN_SEED, Task
 
 __all__ = ["train_task"]
 

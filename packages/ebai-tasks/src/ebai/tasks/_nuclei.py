@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ebai.adapters.tasks import _synthetic as syn
-from ebai.adapters.tasks._task import Task, TrainingPlan
 from ebai.core.specs import Normalization
+from ebai.tasks import _synthetic as syn
+from ebai.tasks._task import Task, TrainingPlan
 
 __all__ = ["NucleiTask"]
 
@@ -47,7 +47,7 @@ class NucleiTask(Task):
     test_count = 4
     stream = 2
     requires = ("torch", "cellpose", "fastremap", "safetensors")
-    install = "pip install 'ebai-adapters[cellpose,tasks]'"
+    install = "pip install 'ebai-tasks[cellpose]'"
     guard_metric = "ap50"
     guard_thresholds = (0.8, 0.7)
     # pruned 50%: AP50 vs the original 0.0 after 40 distillation steps, 0.96 after 150, 0.97 after 400

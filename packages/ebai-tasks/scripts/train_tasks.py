@@ -1,11 +1,11 @@
-"""Train the reference tasks' networks and write the weights shipped in ebai-adapters.
+"""Train the reference tasks' networks and write the weights shipped in ebai-tasks.
 
 Deterministic: the data come from each task's seeded generator, torch is seeded and runs
 deterministic algorithms, and the thread count is fixed (``--threads``), so the same machine and
 library versions reproduce the same files. Each task takes a few minutes on 2 CPU cores.
 
-    python benchmarks/train_tasks.py                       # all four, into the package
-    python benchmarks/train_tasks.py --tasks denoising --out /tmp/weights
+    python packages/ebai-tasks/scripts/train_tasks.py                       # all four, into the package
+    python packages/ebai-tasks/scripts/train_tasks.py --tasks denoising --out /tmp/weights
 
 After training, each network is scored on its held-out synthetic set (the figure the tests check
 against the task's ``min_metric``) and the file size is checked against the 2 MB budget.
@@ -22,9 +22,10 @@ MAX_BYTES = 2_000_000
 
 
 def main() -> None:
+    """Train the tasks named on the command line and write their weights with metadata."""
     import torch
 
-    from ebai.adapters.tasks import TASK_NAMES, get_task, save_weights, test_scores, train_task
+    from ebai.tasks import TASK_NAMES, get_task, save_weights, test_scores, train_task
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASK_NAMES), help="comma-separated task names")
@@ -36,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    out_dir = args.out or Path(__file__).resolve().parents[1] / "packages/ebai-adapters/src/ebai/adapters/tasks/weights"
+    out_dir = args.out or Path(__file__).resolve().parents[1] / "src/ebai/tasks/weights"
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {}
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:

@@ -1,7 +1,7 @@
 """The four reference tasks of ebai, after the EfficientBioAI paper's Table 1.
 
 Each task couples a seeded synthetic data generator, a small network trained on it (weights
-shipped in this package as safetensors, trained by ``benchmarks/train_tasks.py``), its pre- and
+shipped in this package as safetensors, trained by ``packages/ebai-tasks/scripts/train_tasks.py``), its pre- and
 post-processing and its metric against ground truth:
 
 =============  =================================================  ==========
@@ -19,7 +19,7 @@ Importing this package imports numpy and ``ebai.core`` only.
 
 Examples
 --------
->>> from ebai.adapters.tasks import get_task, test_scores        # doctest: +SKIP
+>>> from ebai.tasks import get_task, test_scores        # doctest: +SKIP
 >>> task = get_task("denoising")
 >>> noisy, clean = task.make_samples(2, seed=7)
 >>> test_scores(task)                                            # the shipped network
@@ -27,11 +27,11 @@ Examples
 
 from __future__ import annotations
 
-from ebai.adapters.tasks._adapter import TaskAdapter, test_scores
-from ebai.adapters.tasks._registry import TASK_NAMES, get_task
-from ebai.adapters.tasks._task import CALIBRATION_SEED, TEST_SEED, TRAIN_SEED, Task, TrainingPlan, standardize
-from ebai.adapters.tasks._training import train_task
-from ebai.adapters.tasks._weights import load_into, read_metadata, save_weights, shipped_weights
+from ebai.tasks._adapter import TaskAdapter, test_scores
+from ebai.tasks._registry import TASK_NAMES, get_task
+from ebai.tasks._task import CALIBRATION_SEED, TEST_SEED, TRAIN_SEED, Task, TrainingPlan, standardize
+from ebai.tasks._training import train_task
+from ebai.tasks._weights import load_into, read_metadata, save_weights, shipped_weights
 
 __all__ = [
     "CALIBRATION_SEED",

@@ -20,7 +20,7 @@ from ebai.core.specs import InputSpec
 from ebai.openvino._conversion import IR_XML, convert_onnx, save_ir
 from ebai.openvino._deconvolution import rewrite_transposed_convolutions
 from ebai.openvino._deps import require_openvino
-from ebai.openvino.engine import OpenVINOEngine
+from ebai.openvino._engine import OpenVINOEngine
 
 __all__ = ["LOAD_OPTIONS", "OpenVINOBackend"]
 

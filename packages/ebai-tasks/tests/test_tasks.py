@@ -9,7 +9,8 @@ pytest.importorskip("torch")
 pytest.importorskip("monai")
 pytest.importorskip("safetensors")
 
-from ebai.adapters.tasks import (
+from ebai.core.errors import ArtifactError, InputError, MissingDependencyError
+from ebai.tasks import (
     TASK_NAMES,
     TaskAdapter,
     get_task,
@@ -19,8 +20,7 @@ from ebai.adapters.tasks import (
     shipped_weights,
     train_task,
 )
-from ebai.adapters.tasks import test_scores as held_out_scores
-from ebai.core.errors import ArtifactError, InputError, MissingDependencyError
+from ebai.tasks import test_scores as held_out_scores
 
 
 def _available(task):
@@ -81,10 +81,10 @@ def test_missing_weights_give_a_clear_error(monkeypatch):
     import importlib.resources
     from pathlib import Path
 
-    from ebai.adapters.tasks import _weights
+    from ebai.tasks import _weights
 
     monkeypatch.setattr(importlib.resources, "files", lambda _pkg: Path("/nonexistent"))
-    with pytest.raises(ArtifactError, match="train them with benchmarks/train_tasks.py"):
+    with pytest.raises(ArtifactError, match="train them with packages/ebai-tasks/scripts/train_tasks.py"):
         _weights.shipped_weights("denoising")
 
 

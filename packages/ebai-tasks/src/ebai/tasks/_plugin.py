@@ -8,8 +8,8 @@ __all__ = ["task"]
 
 task = PluginSpec(
     name="task",
-    package="ebai-adapters",
-    target="ebai.adapters.tasks._adapter:TaskAdapter",
+    package="ebai-tasks",
+    target="ebai.tasks._adapter:TaskAdapter",
     requires=("torch", "monai", "safetensors"),
-    install="pip install 'ebai-adapters[tasks]'",
+    install="pip install ebai-tasks",
 )

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from ebai.adapters._adapter import Adapter
-from ebai.adapters.tasks._registry import get_task
-from ebai.adapters.tasks._task import TEST_SEED, Task
 from ebai.core.specs import OutputSpec
+from ebai.tasks._registry import get_task
+from ebai.tasks._task import TEST_SEED, Task
 
 __all__ = ["TaskAdapter", "test_scores"]
 
@@ -27,9 +27,9 @@ class TaskAdapter(Adapter):
     Parameters
     ----------
     task
-        Name of the task (see :data:`~ebai.adapters.tasks.TASK_NAMES`).
+        Name of the task (see :data:`~ebai.tasks.TASK_NAMES`).
     weights
-        A safetensors file written by ``benchmarks/train_tasks.py``; ``None`` (default) uses the
+        A safetensors file written by ``packages/ebai-tasks/scripts/train_tasks.py``; ``None`` (default) uses the
         weights shipped in the package.
     """
 
@@ -50,7 +50,7 @@ class TaskAdapter(Adapter):
         """Return a fresh copy of the trained network, in eval mode on the CPU."""
         if self.weights is None:
             return self.task.load_trained()
-        from ebai.adapters.tasks._weights import load_into
+        from ebai.tasks._weights import load_into
 
         module = self.task.build_model()
         load_into(module, self.task.name, self.weights)
@@ -82,7 +82,7 @@ def test_scores(
 ) -> list[float]:
     """The task metric of a network on each image of the task's held-out synthetic set.
 
-    The images are generated with :data:`~ebai.adapters.tasks.TEST_SEED` (never seen in training),
+    The images are generated with :data:`~ebai.tasks.TEST_SEED` (never seen in training),
     :attr:`~Task.test_count` images of :attr:`~Task.test_shape` by default, and run whole through
     the tiler, as ``ebai run`` would.
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ebai.adapters.tasks import _synthetic as syn
-from ebai.adapters.tasks._task import Task, TrainingPlan
 from ebai.core.specs import Normalization
+from ebai.tasks import _synthetic as syn
+from ebai.tasks._task import Task, TrainingPlan
 
 __all__ = ["SemanticTask"]
 

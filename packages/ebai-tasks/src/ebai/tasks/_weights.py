@@ -33,12 +33,12 @@ def shipped_weights(task: str) -> Path:
     """Path of the weights file shipped for ``task`` (``<package>/tasks/weights/<task>.safetensors``)."""
     from importlib.resources import files
 
-    resource = files("ebai.adapters.tasks").joinpath("weights", f"{task}.safetensors")
+    resource = files("ebai.tasks").joinpath("weights", f"{task}.safetensors")
     path = Path(str(resource))
     if not path.is_file():
         msg = (
             f"the trained weights of task {task!r} are missing from the package ({path}): "
-            "reinstall ebai-adapters, or train them with benchmarks/train_tasks.py"
+            "reinstall ebai-tasks, or train them with packages/ebai-tasks/scripts/train_tasks.py"
         )
         raise ArtifactError(msg)
     return path
@@ -104,14 +104,14 @@ def load_into(module: Any, task: str, path: Path | str | None = None) -> None:
             aliases = json.loads((fh.metadata() or {}).get("aliases", "{}"))
         state.update({alias: state[key] for alias, key in aliases.items()})
     except Exception as exc:
-        msg = f"weights file {str(path)!r} cannot be read ({exc}): reinstall ebai-adapters"
+        msg = f"weights file {str(path)!r} cannot be read ({exc}): reinstall ebai-tasks"
         raise ArtifactError(msg) from exc
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         msg = (
             f"weights {str(path)!r} do not fit the {task} network (missing {missing[:3]}, unexpected {unexpected[:3]}): "
-            "the package is inconsistent, reinstall ebai-adapters"
+            "the package is inconsistent, reinstall ebai-tasks"
         )
         raise ArtifactError(msg)
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)

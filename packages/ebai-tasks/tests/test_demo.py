@@ -47,8 +47,8 @@ def test_demo_quick_writes_the_table_and_plots(tmp_path, monkeypatch):
 
 
 def test_table_ratios_and_format():
-    from ebai.adapters.tasks._benchmark import Row, TaskTable
-    from ebai.adapters.tasks._report import format_table
+    from ebai.tasks._benchmark import Row, TaskTable
+    from ebai.tasks._report import format_table
 
     def row(key, latency, energy, device="CPU"):
         return Row(key, key, device, "fp32", latency, latency, energy, 0.9, 1.0, 1.0, 10)
@@ -83,8 +83,8 @@ def test_table_ratios_and_format():
 
 
 def test_quick_mode_never_distils_below_what_a_task_needs():
-    from ebai.adapters.tasks import get_task
-    from ebai.adapters.tasks._benchmark import BenchSettings, distill_steps
+    from ebai.tasks import get_task
+    from ebai.tasks._benchmark import BenchSettings, distill_steps
 
     quick, full = BenchSettings.quick(), BenchSettings.full()
     assert distill_steps(get_task("denoising"), quick) == quick.distill_steps < full.distill_steps

@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ebai.adapters.tasks._adapter import TaskAdapter
-from ebai.adapters.tasks._benchmark import (
+from ebai.core.files import atomic_dir
+from ebai.core.progress import progress
+from ebai.tasks._adapter import TaskAdapter
+from ebai.tasks._benchmark import (
     BenchSettings,
     _accuracy_pass,
     _recipe,
@@ -31,9 +33,7 @@ from ebai.adapters.tasks._benchmark import (
     machine,
     require_compression,
 )
-from ebai.adapters.tasks._task import CALIBRATION_SEED, TEST_SEED, Task
-from ebai.core.files import atomic_dir
-from ebai.core.progress import progress
+from ebai.tasks._task import CALIBRATION_SEED, TEST_SEED, Task
 
 __all__ = ["SweepPoint", "SweepResult", "SweepSettings", "format_sweep", "run_sweep", "write_sweep"]
 
@@ -332,7 +332,7 @@ def format_sweep(result: SweepResult) -> str:
 
 
 def _plot(result: SweepResult, path: Path) -> bool:
-    from ebai.adapters.tasks._report import _figure
+    from ebai.tasks._report import _figure
 
     fig = _figure(13.0, 3.8)
     if fig is None:
@@ -388,7 +388,7 @@ def write_sweep(
         ]
         lines += [f"![{name}]({name})" for name in images]
         if not images:
-            lines.append("The plot was not made because matplotlib is missing: pip install 'ebai-adapters[report]'")
+            lines.append("The plot was not made because matplotlib is missing: pip install 'ebai-tasks[report]'")
         errors = [p for p in result.points if p.error]
         for p in errors:
             lines.append(f"- {p.method.upper()} {p.ratio}: {p.error}")

@@ -1,6 +1,6 @@
 """``ebai demo``, ``ebai report`` and ``ebai sweep``: the paper's evidence, reproduced on this machine.
 
-Registered in the ``ebai.cli`` entry-point group by ebai-adapters. Each command checks its output
+Registered in the ``ebai.cli`` entry-point group by ebai-tasks. Each command checks its output
 folder before any work, compresses the shipped reference networks through ebai-compress and the
 installed backends, prints its table and writes a report folder atomically.
 """
@@ -48,7 +48,7 @@ def _report_options(default: str, help_output: str) -> Callable[[Callable[..., A
 
 
 def _echo_table(table: Any) -> None:
-    from ebai.adapters.tasks._report import format_table
+    from ebai.tasks._report import format_table
 
     click.echo()
     click.echo(
@@ -91,10 +91,10 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     tile, and latency, energy and accuracy against the ground truth are measured side by side with
     PyTorch and OpenVINO's own default.
     """
-    from ebai.adapters.tasks._benchmark import BenchSettings, measure_task, require_compression
-    from ebai.adapters.tasks._registry import get_task
-    from ebai.adapters.tasks._report import write_report
     from ebai.core.files import check_output
+    from ebai.tasks._benchmark import BenchSettings, measure_task, require_compression
+    from ebai.tasks._registry import get_task
+    from ebai.tasks._report import write_report
 
     check_output(output, overwrite)
     require_compression()
@@ -111,7 +111,7 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
         command=_command_line(),
         overwrite=overwrite,
     )
-    extra = f" and {len(images)} PNG plots" if images else " (no PNG plots: pip install 'ebai-adapters[report]')"
+    extra = f" and {len(images)} PNG plots" if images else " (no PNG plots: pip install 'ebai-tasks[report]')"
     click.echo(f"report: {folder}/README.md{extra}; took {time.perf_counter() - started:.0f} s")
 
 
@@ -126,10 +126,10 @@ def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bo
 
     CPU rows always; GPU rows when the TensorRT backend is available here.
     """
-    from ebai.adapters.tasks._benchmark import BenchSettings, measure_task, require_compression
-    from ebai.adapters.tasks._registry import get_task
-    from ebai.adapters.tasks._report import write_report
     from ebai.core.files import check_output
+    from ebai.tasks._benchmark import BenchSettings, measure_task, require_compression
+    from ebai.tasks._registry import get_task
+    from ebai.tasks._report import write_report
 
     check_output(output, overwrite)
     chosen = [get_task(name) for name in _split(tasks, "--tasks")]
@@ -170,10 +170,10 @@ def sweep(
     distilled, quantized to int8 and run by OpenVINO; savings are against the unpruned network in
     OpenVINO at f32.
     """
-    from ebai.adapters.tasks._benchmark import require_compression
-    from ebai.adapters.tasks._registry import get_task
-    from ebai.adapters.tasks._sweep import SweepSettings, format_sweep, run_sweep, write_sweep
     from ebai.core.files import check_output
+    from ebai.tasks._benchmark import require_compression
+    from ebai.tasks._registry import get_task
+    from ebai.tasks._sweep import SweepSettings, format_sweep, run_sweep, write_sweep
 
     check_output(output, overwrite)
     task = get_task(task_name)
