@@ -45,11 +45,11 @@ def build_artifact(path: Path) -> Path:
     """Compress the demo's denoiser to OpenVINO int8 once (the demo's recipe without pruning)."""
     if (path / "manifest.json").is_file():
         return path
-    from ebai.adapters.tasks._adapter import TaskAdapter
-    from ebai.adapters.tasks._benchmark import CALIBRATION_SEED, BenchSettings, _recipe
-    from ebai.adapters.tasks._registry import get_task
     from ebai.compress import compress
     from ebai.core.data import ArraySource
+    from ebai.tasks._adapter import TaskAdapter
+    from ebai.tasks._benchmark import CALIBRATION_SEED, BenchSettings, _recipe
+    from ebai.tasks._registry import get_task
 
     task = get_task("denoising")
     settings = BenchSettings.quick(volume=BASE)
@@ -64,7 +64,7 @@ def build_artifact(path: Path) -> Path:
 
 
 def base_volume() -> np.ndarray:
-    from ebai.adapters.tasks._registry import get_task
+    from ebai.tasks._registry import get_task
 
     inputs, _ = get_task("denoising").make_samples(1, 4242, BASE)
     return np.asarray(inputs[0], dtype=np.float32)[0]
