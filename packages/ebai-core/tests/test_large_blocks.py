@@ -174,3 +174,14 @@ def test_compression_reads_the_centre_of_a_large_image_lazily(tmp_path, rng, wri
     crop, small = list(files)
     assert np.array_equal(crop, data[:, 12:28, 16:48, 20:52])  # 4 tiles along each axis, centred
     assert small.shape == (1, 8, 16, 16)
+
+
+def test_the_install_line_names_the_real_extra() -> None:
+    import tomllib
+
+    from ebai.core.largeio import LARGE_INSTALL
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extra = pyproject["project"]["optional-dependencies"]["large"]
+    assert LARGE_INSTALL == "pip install 'ebai-core[large]'"
+    assert {"dask[array]", "distributed", "zarr", "ome-zarr", "dask-jobqueue"} <= {d.split(">")[0] for d in extra}

@@ -40,7 +40,6 @@ __all__ = [
 
 #: Batch systems ``--cluster`` accepts, with their dask-jobqueue classes.
 CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
-_JOBQUEUE_INSTALL = "pip install 'ebai-core[large]'"
 
 
 def jobqueue_cluster(kind: str, *, cores: int, memory: str, walltime: str, **extra: Any) -> Any:
@@ -57,8 +56,9 @@ def jobqueue_cluster(kind: str, *, cores: int, memory: str, walltime: str, **ext
         import dask_jobqueue
     except ImportError as exc:
         from ebai.core.errors import MissingDependencyError
+        from ebai.core.largeio import LARGE_INSTALL
 
-        raise MissingDependencyError(_JOBQUEUE_INSTALL) from exc
+        raise MissingDependencyError(LARGE_INSTALL) from exc
     reserve = {
         "slurm": {"job_cpu": cores},
         "pbs": {"resource_spec": f"select=1:ncpus={cores}:mem={memory}"},
