@@ -126,20 +126,18 @@ def best_int8(
 
 
 def measure(rows: dict[str, dict[str, Any]], rounds: int, repeats: int) -> None:
-    for row in rows.values():  # warm-up (first calls compile kernels and allocate)
-        row["fn"]()
+    """Wall and CPU seconds per call, in ebai's interleaved order (one warm-up call of each row first)."""
+    from ebai.core.latency import interleave
+
+    for row in rows.values():
         row["wall"], row["cpu"] = [], []
-    for r in range(rounds):
-        for row in rows.values():
-            for _ in range(repeats):
-                w, c = time.perf_counter(), time.process_time()
-                row["fn"]()
-                row["wall"].append(time.perf_counter() - w)
-                row["cpu"].append(time.process_time() - c)
-        print(
-            f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {np.median(v['wall']):.3f}s" for k, v in rows.items()),
-            flush=True,
-        )
+    calls = {name: row["fn"] for name, row in rows.items()}
+    for name, fn in interleave(calls, rounds=rounds, warmup=1, desc="interleaved rounds"):
+        for _ in range(repeats):
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            rows[name]["wall"].append(time.perf_counter() - w)
+            rows[name]["cpu"].append(time.process_time() - c)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -217,14 +215,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         if not args.no_pruned:
             try:
-                from ebai.compress import distill, prune
+                from ebai.compress import FineTuneSettings, PruneSettings, distill, prune
 
                 started = time.perf_counter()
-                pruned = prune(net, volumes(1, TILE, 7), method="l1", ratio=0.5)
+                pruned = prune(net, volumes(1, TILE, 7), PruneSettings(method="l1", ratio=0.5))
                 train = [v for v in volumes(8, TILE, 300)]
                 torch.set_num_threads(1)  # training on a shared 2-core CPU: one thread was faster
                 result = distill(
-                    pruned.model, net, train, tile=tuple(args.distill_tile), steps=args.distill_steps, seed=0
+                    pruned.model,
+                    net,
+                    train,
+                    FineTuneSettings(steps=args.distill_steps),
+                    tile=tuple(args.distill_tile),
+                    seed=0,
                 )
                 torch.set_num_threads(args.threads)
                 print(

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from ebai.compress import distill, prune
+from ebai.compress import FineTuneSettings, PruneSettings, distill, prune
 from ebai.core.metrics import max_abs_error, pearson
 
 
@@ -120,11 +120,16 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for method in args.methods.split(","):
-        result = prune(teacher, (1, 1, *tile), method=method, ratio=args.ratio)
+        result = prune(teacher, (1, 1, *tile), PruneSettings(method=method, ratio=args.ratio))
         before = pearson(outputs(result.model, held), teacher_out)
         t0 = time.perf_counter()
         tuned = distill(
-            result.model, teacher, train_x, tile=tile, steps=args.steps, eval_every=20, patience=4, seed=args.seed
+            result.model,
+            teacher,
+            train_x,
+            FineTuneSettings(steps=args.steps, eval_every=20, patience=4),
+            tile=tile,
+            seed=args.seed,
         )
         per_step = (time.perf_counter() - t0) / max(tuned.steps, 1)
         out = outputs(tuned.model, held)

@@ -163,3 +163,25 @@ def test_read_config_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("data: {}\n")
     with pytest.raises(InputError, match="no 'model' section"):
         read_mmv_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    ("module", "func", "params"),
+    [
+        ("subprocess", "Popen", "{args: [touch, MARKER]}"),
+        ("pathlib", "Path.touch", "{}"),
+        ("monai.transforms", "SaveImage", "{output_dir: MARKER}"),
+    ],
+    ids=["popen", "not-a-transform-module", "monai-op-that-writes"],
+)
+def test_only_allow_listed_ops_are_ever_built(tmp_path: Path, module: str, func: str, params: str) -> None:
+    """The config travels in an artifact's manifest: an op it names outside the allow-list is refused, not imported."""
+    marker = tmp_path / "marker"
+    text = FNET.replace(
+        "    - module_name: mmv_im2im.preprocessing.transforms\n      func_name: norm_around_center\n      params: {min_z: 32}",
+        f"    - module_name: {module}\n      func_name: {func}\n      params: {params.replace('MARKER', str(marker))}",
+    )
+    adapter = MmvIm2ImAdapter(read_mmv_config(_config(tmp_path, text)))  # as rebuilt from a manifest
+    with pytest.raises(InputError, match=rf"names {module}\.{func}, which is not a transform ebai applies"):
+        adapter.preprocess(np.zeros((1, 16, 32, 32), np.float32))
+    assert not marker.exists()

@@ -142,7 +142,7 @@ def test_builtin_adapters_are_registered() -> None:
     assert {"torch", "monai", "cellpose", "mmv_im2im"} <= set(names)
     assert get_adapter("torch") is TorchAdapter
     spec = get_plugin(ADAPTERS, "cellpose")
-    assert spec.install_line == "pip install ebai-adapters[cellpose]"
+    assert spec.install_line == "pip install 'ebai-adapters[cellpose]'"
     for name in ("torch", "monai", "cellpose", "mmv_im2im"):
         assert get_plugin(ADAPTERS, name).package == "ebai-adapters"
 
@@ -167,14 +167,14 @@ def test_missing_extra_gives_the_install_line(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(MissingDependencyError) as err:
         get_adapter("cellpose")
-    assert str(err.value) == "adapter 'cellpose' needs: pip install ebai-adapters[cellpose]"
+    assert str(err.value) == "adapter 'cellpose' needs: pip install 'ebai-adapters[cellpose]'"
 
     from ebai.core.cli import cli
 
     result = CliRunner().invoke(cli, ["info"])
     assert result.exit_code == 0, result.output
     line = next(ln for ln in result.output.splitlines() if ln.strip().startswith("cellpose"))
-    assert "unavailable: needs cellpose: pip install ebai-adapters[cellpose]" in line
+    assert "unavailable: needs cellpose: pip install 'ebai-adapters[cellpose]'" in line
 
 
 def test_ebai_info_lists_adapters() -> None:

@@ -15,7 +15,7 @@ from ebai.core import Backend, Engine, InputSpec, Lowering
 class OrtEngine(Engine):
     backend = "ort"
 
-    def __init__(self, path: Path, precision: str, noise: float, seed: int) -> None:
+    def __init__(self, path: Path, precision: str, noise: float, seed: int, repeat: int = 1) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -24,9 +24,12 @@ class OrtEngine(Engine):
         self.precision = precision
         self.noise = noise
         self.rng = np.random.default_rng(seed)
+        self.repeat = repeat
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)})[0]
+        feed = {self.session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)}
+        for _ in range(self.repeat):  # a deliberately slower engine: the same work done again
+            out = self.session.run(None, feed)[0]
         if self.noise:
             out = out + self.rng.normal(0.0, self.noise * float(out.std() or 1.0), out.shape).astype(np.float32)
         return out
@@ -36,15 +39,23 @@ class OrtBackend(Backend):
     """``variants`` and the accuracy-control fallback are configurable noise levels.
 
     ``noise`` is the relative standard deviation of the noise the engine adds to its output, so a
-    lowering can be made deliberately broken.
+    lowering can be made deliberately broken; ``repeat`` maps a precision to how many times its
+    engines do each call's work, so a lowering can be made deliberately slow.
     """
 
     name = "ort"
     precisions = ("fp32", "int8")
 
     def __init__(
-        self, noises: Sequence[float] = (0.0,), fallback_noise: float | None = None, interrupt: bool = False
+        self,
+        noises: Sequence[float] = (0.0,),
+        fallback_noise: float | None = None,
+        interrupt: bool = False,
+        name: str = "ort",
+        repeat: Mapping[str, int] | None = None,
     ) -> None:
+        self.name = name
+        self.repeat = dict(repeat or {})
         self.noises = list(noises)
         self.fallback_noise = fallback_noise
         self.interrupt = interrupt
@@ -110,5 +121,9 @@ class OrtBackend(Backend):
 
     def load(self, directory: Path, lowering: Lowering, **options: Any) -> Engine:
         return OrtEngine(
-            Path(directory) / lowering.entry, lowering.precision, float(lowering.options.get("noise", 0.0)), 0
+            Path(directory) / lowering.entry,
+            lowering.precision,
+            float(lowering.options.get("noise", 0.0)),
+            0,
+            self.repeat.get(lowering.precision, 1),
         )

@@ -246,3 +246,47 @@ def test_cli_adapter_config_errors_are_one_line(tmp_path, images2d):
             tmp_path / "m.ebai",
         )
         assert result.exit_code == 1 and match in error_line(result)
+
+
+def test_cli_int8_alone_keeps_every_channel_and_says_what_it_gained(tmp_path, images2d, weights, ort_backend):
+    onnx = pytest.importorskip("onnx")
+    data = write_images(tmp_path / "data", images2d)
+    out = tmp_path / "m.ebai"
+    result = run(*model_args(weights), "--data", data, "--int8", "--target", "ort", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "pruning: none" in result.output and "distillation" not in result.output
+    assert "speed     ort:int8: " in result.output and "vs ort default (fp32)" in result.output
+    from ebai.core import Artifact
+
+    manifest = Artifact.open(out).manifest
+    assert manifest.pruning is None and manifest.fine_tuning is None
+    assert manifest.targets[0].fidelity.threshold == 0.99
+    # the exported network has the original's convolutions, channel for channel
+    model = nets.small2d()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    conv_shapes = sorted(tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+    graph = onnx.load(str(out / "reference.onnx")).graph
+    exported = sorted(tuple(i.dims) for i in graph.initializer if len(i.dims) == 4)
+    assert exported == conv_shapes
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_in_an_image_names_the_file(tmp_path, images2d, weights, ort_backend, bad):
+    imgs = [img[0].copy() for img in images2d]
+    imgs[1][2, 3] = bad  # img1.tif
+    data = write_images(tmp_path / "data", imgs)
+    result = run(*model_args(weights), "--data", data, "--prune", "none", "--target", "ort", "-o", tmp_path / "m.ebai")
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "img1.tif" in result.output and "1 NaN/Inf value(s)" in result.output
+    assert not (tmp_path / "m.ebai").exists()
+
+
+def test_huge_tile_and_unwritable_output_are_refused_before_any_work(tmp_path, images2d, weights, ort_backend):
+    data = write_images(tmp_path / "data", [img[0] for img in images2d])
+    args = [f"{NETS}:small2d", "--weights", weights, "--axes", "bcyx", "--channels", 1, "--data", data]
+    result = run(*args, "--tile", "10000000,10000000", "--target", "ort", "-o", tmp_path / "m.ebai")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "give a smaller --tile" in result.output and "TiB of float32 input per tile" in result.output
+    (tmp_path / "blocked").write_text("a file", encoding="utf-8")
+    result = run(*args, "--tile", "32,32", "--target", "ort", "-o", tmp_path / "blocked" / "m.ebai")
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "is a file" in result.output

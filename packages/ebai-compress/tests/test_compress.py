@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import compress_nets as nets
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ pytest.importorskip("onnxruntime")
 TILE = (32, 32)
 BASE = {
     "targets": ["ort"],
+    "prune": {"method": "l1"},
     "fine_tune": {"steps": 6, "eval_every": 3},
     "calibration": {"samples": 4},
     "fidelity": {"threshold": 0.5, "tiles": 4},
@@ -28,6 +31,16 @@ UNPRUNED = {
     "prune": {"method": "none"},
     "export": {"exporter": "torchscript"},
     "fidelity": {"threshold": 0.99, "tiles": 4},
+    "timing": {"rounds": 3, "warmup": 1},
+}
+# int8 alone, with every guard setting left to its default
+INT8 = {
+    "targets": ["ort"],
+    "precision": "int8",
+    "calibration": {"samples": 4},
+    "export": {"exporter": "torchscript"},
+    "fidelity": {"tiles": 4},
+    "timing": {"rounds": 3, "warmup": 1},
 }
 
 
@@ -219,3 +232,91 @@ def test_held_out_images_never_feed_calibration_or_training():
         split.train_indices
     )
     assert all(t.shape == (1, *TILE) for t in split.calibration + split.held_out_tiles)
+
+
+def test_int8_alone_neither_prunes_nor_distils_and_holds_int8s_standard(tmp_path, images2d):
+    backend = OrtBackend(noises=(0.1,))  # output noise of 10%: Pearson about 0.995
+    art = compress(
+        small_source(), ArraySource(images2d), Recipe.from_dict(INT8), tmp_path / "m.ebai", backends={"ort": backend}
+    )
+    m = art.manifest
+    assert m.pruning is None and m.fine_tuning is None
+    (target,) = m.targets
+    assert target.key == "ort:int8" and target.fidelity.passed
+    assert target.fidelity.threshold == 0.99  # not the 0.95 a pruned network is held to
+
+
+def test_int8_alone_is_refused_below_0_99_after_every_variant_and_accuracy_control(tmp_path, images2d):
+    # Pearson about 0.96, 0.98 and 0.989: each would pass a pruned network's 0.95, none passes 0.99
+    backend = OrtBackend(noises=(0.3, 0.2), fallback_noise=0.15)
+    with pytest.raises(FidelityError) as err:
+        compress(
+            small_source(),
+            ArraySource(images2d),
+            Recipe.from_dict(INT8),
+            tmp_path / "m.ebai",
+            backends={"ort": backend},
+        )
+    msg = str(err.value)
+    assert "below the threshold 0.99, the standard for a network only lowered" in msg, msg
+    assert re.search(r"tried: noise=0\.3 0\.9\d{3}, noise=0\.2 0\.9\d{3}, accuracy control 0\.9\d{3}", msg), msg
+    assert "the accuracy-aware fallback reached" in msg and len(backend.fallback_calls) == 1
+    assert backend.fallback_calls[0]["max_drop"] == pytest.approx(0.01, abs=1e-6)
+    assert_nothing_written(tmp_path)
+
+
+def _int8_said(backend, images, out, caplog):
+    """Compress to int8 with ``backend``; return the artifact and the "buys little" lines logged."""
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ebai"):
+        art = compress(small_source(), ArraySource(images), Recipe.from_dict(INT8), out, backends={"ort": backend})
+    return art, [r.getMessage() for r in caplog.records if "buys little" in r.getMessage()]
+
+
+def test_each_target_is_timed_against_the_backends_default_precision(tmp_path, images2d, caplog):
+    # the int8 engine does its work 8 times over: int8 that does not pay off
+    backend = OrtBackend(repeat={"int8": 8})
+    art, notes = _int8_said(backend, images2d, tmp_path / "m.ebai", caplog)
+    (target,) = art.manifest.targets
+    timing = target.timing
+    assert timing.rounds == 3 and timing.default_precision == "fp32" and timing.batch_shape == (1, 1, *TILE)
+    assert timing.median_s > 0 and timing.default_median_s > 0
+    assert timing.speedup == pytest.approx(timing.default_median_s / timing.median_s, rel=1e-3)
+    assert timing.speedup < 1.2 and "buys little" in timing.note and "ort:int8" in timing.note
+    assert notes == [timing.note] and "\n" not in timing.note
+    assert Artifact.open(tmp_path / "m.ebai").manifest.targets[0].timing == timing  # kept in manifest.json
+    assert sorted(art.manifest.files) == ["ort-int8/model.onnx", "reference.onnx"]  # the default's files are gone
+    assert [entry["options"] for entry in backend.lowered][-1] == {}  # the default: fp32, default options
+    # when the default is the slow one, nothing is said
+    art, notes = _int8_said(OrtBackend(repeat={"fp32": 8}), images2d, tmp_path / "n.ebai", caplog)
+    assert art.manifest.targets[0].timing.speedup >= 1.2 and art.manifest.targets[0].timing.note == ""
+    assert notes == []
+
+
+def test_fastest_target_comes_first(tmp_path, images2d):
+    slow = OrtBackend(name="slow", repeat={"fp32": 8})
+    fast = OrtBackend(name="fast")
+    plan = recipe(UNPRUNED, targets=["slow", "fast"])
+    art = compress(
+        small_source(), ArraySource(images2d), plan, tmp_path / "m.ebai", backends={"slow": slow, "fast": fast}
+    )
+    assert [t.backend for t in art.manifest.targets] == ["fast", "slow"]
+    assert art.manifest.target().backend == "fast"  # what `ebai run` picks when no target is named
+    assert art.manifest.targets[0].timing.median_s < art.manifest.targets[1].timing.median_s
+
+
+def test_openvino_int8_is_timed_against_openvinos_own_default(tmp_path, images2d):
+    """OpenVINO's default is its engine without a precision hint, whatever that computes in here."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from ebai.openvino import OpenVINOBackend, OpenVINOEngine
+
+    plan = Recipe.from_dict({**INT8, "targets": ["openvino"], "fidelity": {"threshold": 0.8, "tiles": 4}})
+    art = compress(
+        small_source(), ArraySource(images2d), plan, tmp_path / "m.ebai", backends={"openvino": OpenVINOBackend()}
+    )
+    (target,) = art.manifest.targets
+    assert [v["options"]["preset"] for v in target.record["variants"]] == ["mixed", "performance"]
+    with OpenVINOEngine(art.path / target.directory / target.entry, precision="fp32") as plain:
+        assert target.timing.default_precision == plain.execution_precision  # bf16 on CPUs that have it
+    assert target.timing.rounds == 3 and target.timing.speedup > 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebai.compress import distill, prune
+from ebai.compress import FineTuneSettings, PruneSettings, distill, prune
 from ebai.compress._samples import fit_tile
 from ebai.core.errors import InputError
 from ebai.core.metrics import pearson
@@ -22,10 +22,12 @@ def _pearson_to_teacher(student, teacher, tiles):
 def test_distillation_raises_pearson_to_the_original_on_unseen_images(images2d):
     teacher = nets.resunet2d()
     state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    student = prune(teacher, (1, 1, *TILE), method="l1", ratio=0.5).model
+    student = prune(teacher, (1, 1, *TILE), PruneSettings(method="l1", ratio=0.5)).model
     unseen = np.stack([fit_tile(img, TILE, center=True) for img in images2d[3:]])  # never trained on
     before = _pearson_to_teacher(student, teacher, unseen)
-    result = distill(student, teacher, images2d[:3], tile=TILE, steps=20, eval_every=10, lr=2e-3, seed=0)
+    result = distill(
+        student, teacher, images2d[:3], FineTuneSettings(steps=20, eval_every=10, lr=2e-3), tile=TILE, seed=0
+    )
     after = _pearson_to_teacher(result.model, teacher, unseen)
     print(f"pruned 2D residual U-Net, Pearson to the original on unseen images: {before:.4f} -> {after:.4f}")
     assert after > before + 0.03, (before, after)
@@ -36,10 +38,12 @@ def test_distillation_raises_pearson_to_the_original_on_unseen_images(images2d):
 
 def test_early_stop_keeps_the_best_weights(images2d):
     teacher = nets.resunet2d(ch=(8, 16, 32))
-    student = prune(teacher, (1, 1, 32, 32), ratio=0.5).model
+    student = prune(teacher, (1, 1, 32, 32), PruneSettings(ratio=0.5)).model
     start = {k: v.clone() for k, v in student.state_dict().items()}
     # a learning rate this small cannot improve the loss by 0.1%: training stops after `patience` checks
-    result = distill(student, teacher, images2d[:2], tile=(32, 32), steps=50, lr=1e-12, eval_every=2, patience=2)
+    result = distill(
+        student, teacher, images2d[:2], FineTuneSettings(steps=50, lr=1e-12, eval_every=2, patience=2), tile=(32, 32)
+    )
     assert result.stopped_early and result.steps == 4
     assert result.loss_after == result.loss_before
     assert all(torch.equal(v, start[k]) for k, v in result.model.state_dict().items())
@@ -51,8 +55,8 @@ def test_unknown_loss():
             torch.nn.Conv2d(1, 1, 1),
             torch.nn.Conv2d(1, 1, 1),
             [np.zeros((1, 8, 8), np.float32)],
+            FineTuneSettings(loss="huber"),
             tile=(8, 8),
-            loss="huber",
         )
 
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from ebai.compress import export_onnx, prune
+from ebai.compress import PruneSettings, export_onnx, prune
 from ebai.core.errors import InputError, OutputExistsError
 
 ort = pytest.importorskip("onnxruntime")
@@ -29,7 +29,7 @@ def _ort_vs_torch(path, model, batch):
     ids=["unet3d", "resunet2d"],
 )
 def test_pruned_net_exports_to_one_checked_file_with_dynamic_batch(tmp_path, factory, shape):
-    pruned = prune(factory(), shape, method="l1", ratio=0.5).model
+    pruned = prune(factory(), shape, PruneSettings(method="l1", ratio=0.5)).model
     path = tmp_path / "model.onnx"
     result = export_onnx(pruned, path, torch.randn(shape))
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # self-contained: no external data, no leftovers

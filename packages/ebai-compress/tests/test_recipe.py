@@ -37,9 +37,37 @@ threshold = 0.9
 
 def test_defaults_are_valid():
     r = Recipe()
-    assert r.prune.method == "l1" and r.prune.ratio == 0.5 and r.prune.round_to == 8
+    assert r.prune.round_to == 8 and r.timing.rounds >= 1
     assert r.targets == ("openvino",) and r.precision_for("openvino") == "fp32"
     assert Recipe.from_dict(r.to_dict()) == r
+
+
+def test_nothing_is_pruned_unless_asked():
+    assert not Recipe().prune.enabled and not Recipe(precision="int8").prune.enabled
+    assert not Recipe.from_dict({"precision": "int8", "fine_tune": {"steps": 10}}).prune.enabled
+    # naming a method or a ratio asks for pruning; the other takes its default
+    assert (PruneSettings(method="fpgm").method, PruneSettings(method="fpgm").ratio) == ("fpgm", 0.5)
+    assert (PruneSettings(ratio=0.3).method, PruneSettings(ratio=0.3).ratio) == ("l1", 0.3)
+    assert Recipe.from_dict({"prune": {"ratio": 0.3}}).prune.method == "l1"
+
+
+def test_guard_threshold_follows_what_was_done():
+    auto = Recipe().fidelity
+    assert auto.threshold is None
+    assert auto.threshold_for(changed=True, fp32_value=0.97) == 0.95  # pruned or fine-tuned: as before
+    assert auto.threshold_for(changed=False, fp32_value=1.0) == 0.99  # int8 alone: its own standard
+    task = Recipe.from_dict({"fidelity": {"metric": "ap50"}}).fidelity
+    assert task.threshold_for(changed=False, fp32_value=0.93) == pytest.approx(0.925)
+    given = Recipe.from_dict({"fidelity": {"threshold": 0.9}}).fidelity
+    assert (
+        given.threshold_for(changed=False, fp32_value=1.0) == given.threshold_for(changed=True, fp32_value=1.0) == 0.9
+    )
+
+
+def test_timing_rounds_are_checked():
+    assert Recipe.from_dict({"timing": {"rounds": 3}}).timing.rounds == 3
+    with pytest.raises(InputError, match="timing.rounds must be at least 1, got 0"):
+        Recipe.from_dict({"timing": {"rounds": 0}})
 
 
 def test_yaml_file(tmp_path):
@@ -120,6 +148,6 @@ def test_unparsable_file(tmp_path):
 def test_unparsable_yaml_is_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("prune: [\n")
-    with pytest.raises(InputError, match=r"cannot be parsed \(ParserError: .* at line 2, column 1\)") as err:
+    with pytest.raises(InputError, match=r"is not valid YAML \(.* at line 2, column 1\)") as err:
         Recipe.from_file(path)
     assert "\n" not in str(err.value)

@@ -246,3 +246,28 @@ def test_outputs_get_default_permissions(tmp_path: Path, manifest: Manifest) -> 
     _write(tmp_path / "a.ebai", manifest)
     assert (tmp_path / "a.ebai").stat().st_mode & 0o777 == 0o777 & ~mask
     assert (tmp_path / "a.ebai" / MANIFEST).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_timing_against_the_default_round_trips_and_older_manifests_read(tmp_path: Path, manifest: Manifest) -> None:
+    from dataclasses import replace
+
+    from ebai.core.manifest import TimingRecord
+
+    timing = TimingRecord(
+        median_s=0.011,
+        default_median_s=0.033,
+        default_precision="bf16",
+        speedup=3.0,
+        rounds=10,
+        batch_shape=(1, 1, 8, 32, 32),
+        note="",
+    )
+    timed = replace(manifest, targets=(replace(manifest.targets[0], timing=timing),))
+    path = tmp_path / "t.ebai"
+    _write(path, timed)
+    assert Artifact.open(path).manifest.targets[0].timing == timing
+    # a version-1 manifest (before timing was recorded) still reads, without timing
+    data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    data["schema_version"] = 1
+    del data["targets"][0]["timing"]
+    assert Manifest.from_dict(data).targets[0].timing is None

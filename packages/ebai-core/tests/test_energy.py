@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from ebai.core.energy import EnergyResult, _describe, measure_energy
+from ebai.core.energy import (
+    NOT_MEASURED,
+    EnergyResult,
+    EnergySpread,
+    _describe,
+    _spread,
+    indistinct_groups,
+    measure_energy,
+    measure_energy_interleaved,
+)
 from ebai.core.errors import InputError, MissingDependencyError
 
 
@@ -50,7 +59,12 @@ def test_missing_codecarbon(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "codecarbon", None)  # makes `import codecarbon` fail
     with pytest.raises(MissingDependencyError) as info:
         measure_energy(lambda: None)
-    assert str(info.value) == "pip install codecarbon"
+    assert (
+        str(info.value) == "energy is measured with codecarbon, which is not installed: pip install 'ebai-core[energy]'"
+    )
+    with pytest.raises(MissingDependencyError, match=r"ebai-core\[energy\]"):
+        measure_energy_interleaved({"a": lambda: None}, rounds=2)
+    assert NOT_MEASURED == "not measured: pip install 'ebai-core[energy]'"
 
 
 def test_invalid_arguments() -> None:
@@ -89,3 +103,69 @@ def test_measure_energy_offline_and_fileless(tmp_path: Path, monkeypatch: pytest
     assert result.watts > 0
     assert attempts == []
     assert list(tmp_path.iterdir()) == []  # no emissions.csv, no lock file
+
+
+def _window(joules: float) -> EnergyResult:
+    return EnergyResult(joules_per_call=joules, duration_s=1.0, label="estimated", source="test", calls=1)
+
+
+def test_spread_is_the_range_of_the_windows() -> None:
+    spread = _spread([_window(j) for j in (0.40, 0.30, 0.50)])
+    assert (spread.joules_per_call, spread.low, spread.high, spread.windows) == (0.40, 0.30, 0.50, 3)
+    assert spread.relative_spread == pytest.approx(0.5)
+    assert spread.to_dict()["label"] == "estimated"
+
+
+def test_overlapping_spreads_cannot_be_told_apart() -> None:
+    # the case: 0.59 J and 0.35 J per tile, each from one short window, with windows that vary
+    default = EnergySpread(0.59, 0.30, 0.70, 3, "estimated", "")
+    f32 = EnergySpread(0.35, 0.33, 0.62, 3, "estimated", "")
+    int8 = EnergySpread(0.10, 0.09, 0.12, 3, "estimated", "")
+    assert default.overlaps(f32) and f32.overlaps(default)
+    assert not int8.overlaps(f32) and not f32.overlaps(int8)
+
+
+def test_interleaved_energy_takes_one_window_per_call_per_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ebai.core.energy as energy
+
+    order: list[str] = []
+
+    def fake_measure(fn, **kwargs):  # records the order of the windows; the real tracker is tested above
+        fn()
+        return _window(float(len(order)))
+
+    monkeypatch.setattr(energy, "measure_energy", fake_measure)
+    out = measure_energy_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3, warmup=1
+    )
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert out["a"].windows == out["b"].windows == 3
+    assert (out["a"].low, out["a"].high) == (3.0, 7.0)  # windows measured after calls 3, 5, 7
+
+
+def test_rows_within_each_others_spread_share_a_letter() -> None:
+    def spread(low: float, high: float) -> EnergySpread:
+        return EnergySpread((low + high) / 2, low, high, 3, "estimated", "")
+
+    rows = {
+        "torch": spread(1.0, 1.2),
+        "openvino-f32": spread(0.33, 0.62),
+        "openvino-default": spread(0.30, 0.70),  # the contradiction: within the f32 row's spread
+        "openvino-int8": spread(0.10, 0.12),
+        "pruned": spread(0.11, 0.13),  # overlaps int8 only
+        "gpu": None,  # not measured
+    }
+    assert indistinct_groups(rows) == {
+        "openvino-f32": "A",
+        "openvino-default": "A",
+        "openvino-int8": "B",
+        "pruned": "B",
+    }
+    assert indistinct_groups({"a": spread(0.1, 0.2), "b": spread(0.3, 0.4)}) == {}
+
+
+def test_energy_available_follows_codecarbon(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ebai.core.energy import energy_available
+
+    monkeypatch.setitem(sys.modules, "codecarbon", None)
+    assert energy_available() is False

@@ -159,7 +159,7 @@ def test_image_files_names_the_bad_file(tmp_path: Path, spec2d: InputSpec) -> No
     (tmp_path / "bad.tif").write_bytes(b"this is not a tiff")
     np.save(tmp_path / "ok.npy", np.zeros((8, 8)))
     source = ImageFiles(tmp_path, spec2d)
-    with pytest.raises(InputError, match=r"cannot read image '.*bad\.tif'"):
+    with pytest.raises(InputError, match=r"'.*bad\.tif' cannot be read as a TIFF image"):
         list(source)
     np.save(tmp_path / "ok.npy", np.zeros((3, 8, 8)))
     (tmp_path / "bad.tif").unlink()

@@ -8,6 +8,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"torch", "openvino", "tensorrt", "onnxruntime", "nncf"}
+#: What codecarbon would bring: energy is the extra ebai-core[energy], not part of the core.
+NOT_IN_CORE = {"codecarbon", "pandas", "pydantic"}
 
 
 @pytest.mark.venv
@@ -21,4 +23,5 @@ def test_fresh_venv_install(fresh_venv, tmp_path: Path) -> None:
     names = fresh_venv.installed()
     assert "ebai-core" in names
     assert not names & FORBIDDEN, f"ebai-core pulled {sorted(names & FORBIDDEN)}"
+    assert not names & NOT_IN_CORE, f"ebai-core pulled {sorted(names & NOT_IN_CORE)}"
     assert not {n for n in names if n.startswith("nvidia-") and n != "nvidia-ml-py"}, sorted(names)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ebai.core.errors import InputError
-from ebai.core.latency import LatencyStats, measure_latency
+from ebai.core.latency import LatencyStats, measure_interleaved, measure_latency
 
 
 def test_stats_on_a_fake_clock() -> None:
@@ -42,3 +42,23 @@ def test_invalid_arguments() -> None:
         measure_latency(lambda: None, repeats=0)
     with pytest.raises(InputError):
         LatencyStats.from_samples([])
+
+
+def test_interleaved_rounds_alternate_the_calls() -> None:
+    order: list[str] = []
+    clock = iter(float(i) for i in range(1000))
+    stats = measure_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+        rounds=3,
+        repeats=2,
+        warmup=1,
+        timer=lambda: next(clock),
+    )
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up once each, then round by round
+    assert list(stats) == ["a", "b"] and stats["a"].repeats == stats["b"].repeats == 6
+    assert stats["a"].median_s == pytest.approx(1.0)  # each fake call lasts one tick
+
+
+def test_interleaved_refuses_empty_rounds() -> None:
+    with pytest.raises(InputError, match="rounds >= 1"):
+        measure_interleaved({"a": lambda: None}, rounds=0)

@@ -33,7 +33,12 @@ import ebai.core
 import ebai.core.tiling, ebai.core.metrics, ebai.core.latency, ebai.core.energy
 import ebai.core.imageio, ebai.core.data, ebai.core.hardware, ebai.core.cli, ebai.core.commands.info
 import ebai.core.largeio, ebai.core.blocks, ebai.core.distributed, ebai.core.commands.run
-from ebai.core import predict_tiled, pearson, measure_energy, measure_latency, ImageFiles
+from ebai.core import Artifact, ImageFiles, InputSpec, PluginSpec, get_backend
+from ebai.core.tiling import predict_tiled
+from ebai.core.metrics import pearson
+from ebai.core.energy import measure_energy
+from ebai.core.latency import measure_interleaved, measure_latency
+import ebai.core.comparison, ebai.core.install_hints, ebai.core.testing
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})))
 """
 

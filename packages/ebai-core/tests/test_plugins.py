@@ -9,7 +9,7 @@ import pytest
 
 from ebai.core import plugins
 from ebai.core.artifact import Artifact, ArtifactWriter
-from ebai.core.errors import BackendUnavailableError, MissingDependencyError, PluginNotFoundError
+from ebai.core.errors import BackendUnavailableError, InputError, MissingDependencyError, PluginNotFoundError
 from ebai.core.interfaces import Backend, Engine, Lowering
 from ebai.core.manifest import Manifest, TargetRecord
 from ebai.core.plugins import ADAPTERS, BACKENDS, PluginSpec, get_adapter, get_backend, get_plugin, plugin_names
@@ -115,7 +115,7 @@ def test_known_backend_not_installed(fake_entry_points) -> None:
     fake_entry_points({})
     with pytest.raises(PluginNotFoundError) as info:
         get_backend("tensorrt")
-    assert str(info.value) == "backend 'tensorrt' is not installed: pip install ebai-tensorrt"
+    assert str(info.value) == "backend 'tensorrt' is not installed: pip install 'ebai-tensorrt[cu12]'"
 
 
 def test_unknown_plugin_lists_installed(fake_entry_points, fake_module) -> None:
@@ -152,3 +152,22 @@ def test_only_the_requested_plugin_is_imported(fake_entry_points, fake_module, m
 def test_real_discovery_reads_installed_entry_points() -> None:
     # the real lookup (no fakes) finds ebai-core's own command
     assert "info" in plugins.plugin_names(plugins.CLI)
+
+
+def test_import_object_reads_modules_and_files(tmp_path) -> None:
+    from ebai.core.plugins import import_object
+
+    assert import_object("ebai.core.errors:InputError") is InputError
+    assert import_object("ebai.core.plugins:PluginSpec.load") is PluginSpec.load  # dotted attribute
+    helper = tmp_path / "helper_mod_xyz.py"
+    helper.write_text("VALUE = 41\n", encoding="utf-8")
+    user = tmp_path / "factory.py"
+    user.write_text("from helper_mod_xyz import VALUE\n\ndef build():\n    return VALUE + 1\n", encoding="utf-8")
+    assert import_object(f"{user}:build")() == 42  # the file's sibling import works
+    assert import_object(f"{user}:build") is import_object(f"{user}:build")  # imported once
+    with pytest.raises(FileNotFoundError):
+        import_object(f"{tmp_path / 'missing.py'}:build")
+    with pytest.raises(ModuleNotFoundError):
+        import_object("ebai_no_such_module_xyz:thing")
+    with pytest.raises(AttributeError):
+        import_object("ebai.core.errors:NoSuchError")

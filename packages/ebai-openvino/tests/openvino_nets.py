@@ -115,7 +115,9 @@ def build_artifact(
     """Write an artifact the way ebai.compress does: reference.onnx + one folder per target."""
     import shutil
 
-    from ebai.core import ArtifactWriter, Manifest, OutputSpec, TargetRecord
+    from ebai.core import OutputSpec
+    from ebai.core.artifact import ArtifactWriter
+    from ebai.core.manifest import Manifest, TargetRecord
     from ebai.openvino import OpenVINOBackend
 
     backend = OpenVINOBackend()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -221,10 +222,17 @@ def test_benchmark_against_torch_and_energy(plain_artifact, plain_unet, spec_3d,
     manifest = Manifest.from_dict(json.loads((copy / MANIFEST).read_text()))
     (copy / MANIFEST).write_text(Manifest.from_dict({**manifest.to_dict(), "source": adapter.describe()}).to_json())
 
+    # the model the manifest names is code: it runs only with --trust-source, or when the user points at it
+    refused = CliRunner().invoke(cli, ["benchmark", str(copy), "--against-torch", "--no-energy"])
+    assert refused.exit_code == 1 and "would run code the artifact names" in refused.output
     result = invoke(
         "benchmark",
         copy,
         "--against-torch",
+        "--torch-model",
+        f"{factory}:build",
+        "--weights",
+        weights,
         "--json",
         "--repeats",
         "2",
@@ -241,14 +249,26 @@ def test_benchmark_against_torch_and_energy(plain_artifact, plain_unet, spec_3d,
     assert rows["openvino f32 (reference.onnx)"]["pearson"] >= 0.9999
     assert data["input"]["shape"] == [2, 1, *spec_3d.tile]
 
-    result = invoke("benchmark", copy, "--repeats", "1", "--warmup", "0", "--energy")
+    result = invoke("benchmark", copy, "--repeats", "1", "--warmup", "0", "--energy", "--energy-seconds", "0.2")
     assert result.exit_code == 0, result.output
     assert "J/image" in result.output and ("estimated" in result.output or "measured" in result.output)
     for name in ("openvino f32 (reference.onnx)", "openvino:int8"):
         assert name in result.output
 
 
-def test_benchmark_notes_when_torch_row_is_impossible(plain_artifact) -> None:
-    result = invoke("benchmark", plain_artifact, "--against-torch", "--repeats", "1", "--warmup", "0", "--no-energy")
+def test_benchmark_asks_for_the_model_when_the_artifact_names_none(plain_artifact) -> None:
+    result = CliRunner().invoke(
+        cli, ["benchmark", str(plain_artifact), "--against-torch", "--repeats", "1", "--warmup", "0", "--no-energy"]
+    )
+    assert result.exit_code == 1
+    assert "the artifact names no adapter: pass --torch-model path/to/file.py:factory" in result.output
+
+
+def test_benchmark_without_codecarbon_says_energy_is_not_measured(plain_artifact, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "codecarbon", None)  # as if ebai-core was installed without [energy]
+    result = invoke("benchmark", plain_artifact, "--repeats", "1", "--warmup", "0", "--energy")
     assert result.exit_code == 0, result.output
-    assert "note: PyTorch eager row skipped: the artifact names no adapter" in result.output
+    assert "note: energy not measured: pip install 'ebai-core[energy]'" in result.output
+    assert result.output.count("pip install 'ebai-core[energy]'") == 1  # one clear line, not one per row
+    table = result.output.split("note:")[0]
+    assert table.count("not measured") == 4  # the energy cell of each row

@@ -46,30 +46,39 @@ def test_demo_quick_writes_the_table_and_plots(tmp_path, monkeypatch):
     assert rows["openvino-default"]["precision"].startswith("fp32 IR, runs ")
 
 
-def test_table_ratios_and_format():
-    from ebai.tasks._benchmark import Row, TaskTable
-    from ebai.tasks._report import format_table
+def _table(rows, settings):
+    from ebai.tasks._table import TaskTable
 
-    def row(key, latency, energy, device="CPU"):
-        return Row(key, key, device, "fp32", latency, latency, energy, 0.9, 1.0, 1.0, 10)
-
-    table = TaskTable(
+    return TaskTable(
         task="t",
         title="T",
         metric="pearson",
         tile=(8, 8),
         volume=(16, 16),
-        rows=[
+        rows=rows,
+        energy_label="estimated",
+        energy_source="test",
+        settings=settings,
+        machine={},
+    )
+
+
+def test_table_ratios_and_format():
+    from ebai.tasks._report import format_table
+    from ebai.tasks._table import Row
+
+    def row(key, latency, energy, device="CPU"):
+        return Row(key, key, device, "fp32", latency, latency, energy, 0.9, 1.0, 1.0, 10)
+
+    table = _table(
+        [
             row("torch", 0.4, 8.0),
             row("openvino-f32", 0.2, 4.0),
             row("openvino-default", 0.1, 2.0),
             row("openvino-int8", 0.05, 1.0),
             row("tensorrt-int8", 0.01, 0.5, "GPU"),
         ],
-        energy_label="estimated",
-        energy_source="test",
-        settings={"rounds": 3},
-        machine={},
+        {"rounds": 3},
     )
     int8 = table.row("openvino-int8")
     assert table.speedup(int8, "torch") == pytest.approx(8.0)
@@ -84,7 +93,7 @@ def test_table_ratios_and_format():
 
 def test_quick_mode_never_distils_below_what_a_task_needs():
     from ebai.tasks import get_task
-    from ebai.tasks._benchmark import BenchSettings, distill_steps
+    from ebai.tasks._settings import BenchSettings, distill_steps
 
     quick, full = BenchSettings.quick(), BenchSettings.full()
     assert distill_steps(get_task("denoising"), quick) == quick.distill_steps < full.distill_steps
@@ -92,3 +101,21 @@ def test_quick_mode_never_distils_below_what_a_task_needs():
         task = get_task(name)
         assert distill_steps(task, quick) == task.min_distill_steps > quick.distill_steps
         assert distill_steps(task, full) >= full.distill_steps
+
+
+def test_energies_within_each_others_spread_are_marked():
+    from ebai.tasks._report import energy_note, format_table
+    from ebai.tasks._table import Row
+
+    def row(key, energy, low, high, same=""):
+        return Row(key, key, "CPU", "fp32", 0.1, 0.1, energy, 0.9, 1.0, 1.0, 10, low, high, same)
+
+    table = _table(
+        [row("openvino-f32", 0.35, 0.32, 0.62, "A"), row("openvino-default", 0.59, 0.30, 0.70, "A")],
+        {"energy_rounds": 3, "energy_seconds": 2.0},
+    )
+    text = format_table(table)
+    assert "0.35 J +-0.15 ~A" in text and "0.59 J +-0.20 ~A" in text
+    note = energy_note(table)
+    assert "median of 3 interleaved windows" in note
+    assert "~A: 'openvino-f32' and 'openvino-default' lie within each other's spread" in note

@@ -131,3 +131,11 @@ def test_task_adapter_is_rebuilt_from_its_description():
     assert rebuilt.input_spec == get_task("denoising").input_spec
     noisy, clean = get_task("denoising").make_samples(1, seed=9)
     assert rebuilt.evaluate(clean[0], clean[0]) == {"pearson": pytest.approx(1.0)}
+
+
+@pytest.mark.parametrize("name", ["denoising", "semantic"])
+def test_task_adapter_keeps_the_contract(name):
+    from ebai.core.testing import check_adapter
+
+    out = check_adapter(TaskAdapter(name))
+    assert out["description"]["adapter"] == "task" and out["description"]["config"]["task"] == name

@@ -135,3 +135,9 @@ def _ebai_debug_logs(caplog):
     import logging
 
     caplog.set_level(logging.DEBUG, logger="ebai")
+
+
+@pytest.fixture(autouse=True)
+def _private_user_cache(monkeypatch, tmp_path):
+    """Each test's own user cache: engines recorded as built there are that test's alone."""
+    monkeypatch.setenv("EBAI_CACHE_DIR", str(tmp_path / "user-cache"))

@@ -128,3 +128,17 @@ def test_default_cache_dirs(tmp_path, monkeypatch):
     monkeypatch.delenv("EBAI_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert user_cache_dir() == tmp_path / "xdg" / "ebai"
+
+
+def test_engine_not_built_here_is_never_handed_to_tensorrt(tmp_path):
+    """A cache file with a valid header and matching sha256, shipped in an artifact's cache/, is rebuilt."""
+    expected = EngineStore.expected_header(A100, "abc", BUILD)
+    shipped = EngineStore([tmp_path / "artifact-cache"], ledger=tmp_path / "sender-ledger")
+    shipped.write("e.engine", expected, b"FORGED-PLAN" * 10)  # recorded in the sender's ledger, not ours
+    store = EngineStore([tmp_path / "artifact-cache"], ledger=tmp_path / "our-ledger")
+    engine, _, reason = store.read(tmp_path / "artifact-cache" / "e.engine", expected)
+    assert engine is not None and reason == ""  # header and bytes are self-consistent: a forger can do that
+    assert store.find("e.engine", expected) is None  # but this machine did not build it
+    store.write("e.engine", expected, b"OUR-PLAN" * 10)
+    found = store.find("e.engine", expected)
+    assert found is not None and found[0] == b"OUR-PLAN" * 10

@@ -18,7 +18,7 @@ import pytest
 from ebai.core.errors import ArtifactError, BackendUnavailableError, InputError, MissingDependencyError
 from ebai.tensorrt import LayerReport, TensorRTBackend
 from ebai.tensorrt._accuracy import run_onnx
-from ebai.tensorrt._cache import MAGIC
+from ebai.tensorrt._cache import MAGIC, EngineStore
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +185,6 @@ def test_corrupt_cached_engine_is_rebuilt(fake_state, artifact, caplog):
 
 
 def _read(path):
-    from ebai.tensorrt._cache import EngineStore
-
     return EngineStore.read(path, {})
 
 
@@ -222,9 +220,34 @@ def test_engine_tensorrt_refuses_is_rebuilt(fake_state, artifact, caplog):
     header.update(engine_bytes=len(plan), engine_sha256=hashlib.sha256(plan).hexdigest())
     head = json.dumps(header).encode()
     path.write_bytes(MAGIC + _LEN.pack(len(head)) + head + plan)
+    # recorded as built here (as after a driver update that TensorRT then refuses), so it reaches TensorRT
+    ledger = EngineStore([]).ledger
+    (ledger / header["engine_sha256"]).touch()
     with _load(artifact, "fp32") as engine:
         assert engine.build_info["source"] == "built"
     assert "could not be deserialized" in caplog.text and fake_state.builds == 2
+
+
+def test_engine_not_built_here_is_rebuilt_not_deserialized(fake_state, artifact, caplog):
+    """A forged cache file (consistent header and checksum) in the artifact's cache/ never reaches TensorRT."""
+    import hashlib
+
+    from ebai.tensorrt._cache import _LEN
+
+    _load(artifact, "fp32").close()
+    (path,) = _cache_files(artifact[0])
+    data = path.read_bytes()
+    (hlen,) = _LEN.unpack_from(data, len(MAGIC))
+    start = len(MAGIC) + _LEN.size
+    header = json.loads(data[start : start + hlen])
+    plan = b"FORGED PLAN" * 10
+    header.update(engine_bytes=len(plan), engine_sha256=hashlib.sha256(plan).hexdigest())
+    head = json.dumps(header).encode()
+    path.write_bytes(MAGIC + _LEN.pack(len(head)) + head + plan)
+    with _load(artifact, "fp32") as engine:
+        assert engine.build_info["source"] == "built"
+    assert "it was not built on this machine" in caplog.text and "could not be deserialized" not in caplog.text
+    assert fake_state.builds == 2
 
 
 def test_build_options_change_the_key(fake_state, artifact):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ebai.core.configfile import load_yaml
 from ebai.core.errors import InputError
+from ebai.core.plugins import build_adapter
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
 __all__ = ["Adapter", "build_adapter", "normalization_from"]
@@ -203,17 +204,9 @@ class Adapter(ABC):
         module
             The module to run; by default a fresh :meth:`load_module`.
         """
-        import torch
+        from ebai.core.torch_runner import torch_infer
 
-        net = self.load_module() if module is None else module
-        net.eval()
-
-        def infer(batch: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                out = net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-            return out.detach().float().cpu().numpy()
-
-        return infer
+        return torch_infer(self.load_module() if module is None else module)
 
     def predict(
         self,
@@ -244,31 +237,3 @@ class Adapter(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config()!r})"
-
-
-def build_adapter(description: Mapping[str, Any] | str, config: Mapping[str, Any] | None = None) -> Adapter:
-    """Rebuild an adapter from :meth:`Adapter.describe` output, or from a name and its config.
-
-    The adapter class is looked up in the ``ebai.adapters`` entry-point group, so a third-party
-    tool's adapter is rebuilt as readily as a built-in one; a missing tool raises
-    :class:`~ebai.core.MissingDependencyError` with its ``pip install`` line.
-
-    Parameters
-    ----------
-    description
-        ``{"adapter": name, "config": {...}}`` (a manifest's ``source``), or the adapter name.
-    config
-        Settings when ``description`` is a name.
-    """
-    from ebai.core.plugins import get_adapter
-
-    if isinstance(description, str):
-        name, settings = description, dict(config or {})
-    else:
-        if "adapter" not in description:
-            msg = f"adapter description {dict(description)!r} names no adapter: it needs an 'adapter' key"
-            raise InputError(msg)
-        name, settings = description["adapter"], dict(description.get("config") or {})
-        settings.update(config or {})
-    cls = get_adapter(str(name))
-    return cls.from_config(settings)

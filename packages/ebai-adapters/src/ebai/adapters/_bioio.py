@@ -16,12 +16,13 @@ import numpy as np
 from ebai.core.data import ImageFiles
 from ebai.core.errors import InputError, MissingDependencyError
 from ebai.core.imageio import IMAGE_SUFFIXES, expand_inputs, read_image
+from ebai.core.install_hints import install_line
 
 __all__ = ["BIOIO_SUFFIXES", "BioImageFiles", "list_bioimages", "read_bioimage"]
 
 #: Suffixes read through bioio (plugins decide which of them actually open).
 BIOIO_SUFFIXES = (".zarr", ".ome.zarr", ".czi", ".nd2", ".lif", ".ome.tif", ".ome.tiff")
-_INSTALL = "pip install 'ebai-adapters[bioio]'"
+_INSTALL = install_line("bioio")
 
 
 def _is_zarr(path: Path) -> bool:

@@ -23,13 +23,14 @@ from ebai.adapters._adapter import Adapter
 from ebai.adapters._loading import import_torch, load_state_dict, seeded_init
 from ebai.adapters._torch import _tile
 from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
 __all__ = ["CellposeAdapter"]
 
 logger = logging.getLogger("ebai")
 
-_INSTALL = "pip install 'ebai-adapters[cellpose]'"
+_INSTALL = install_line("cellpose")
 #: cellpose 3's architecture of its built-in models (cyto3, nuclei, ...).
 _DEFAULT_NBASE = (2, 32, 64, 128, 256)
 #: Built-in model names whose file name carries cellpose's "torch_0" suffix.

@@ -7,16 +7,13 @@ whole pickled model is read only when the caller passes ``trust_pickle=True``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
-import importlib.util
 import re
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 
 __all__ = [
     "INIT_SEED",
@@ -58,7 +55,7 @@ def import_torch(extra: str = "torch") -> Any:
     try:
         import torch
     except ImportError as exc:
-        msg = f"pip install 'ebai-adapters[{extra}]'"
+        msg = install_line(extra)
         raise MissingDependencyError(msg) from exc
     return torch
 
@@ -73,58 +70,29 @@ def is_factory_ref(ref: str) -> bool:
     return left.endswith(".py") or bool(_DOTTED.match(left))
 
 
-def _import_file(path: Path) -> Any:
-    """Import a Python file as a uniquely named module (its folder is importable meanwhile)."""
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    stem = re.sub(r"\W", "_", path.stem)
-    mod_name = f"_ebai_user_{stem}_{digest}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        msg = f"{str(path)!r} cannot be imported as Python: give a .py file"
-        raise InputError(msg)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    folder = str(path.resolve().parent)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)  # so the file's own sibling imports work
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        sys.modules.pop(mod_name, None)
-        raise
-    finally:
-        if added:
-            sys.path.remove(folder)
-    return module
-
-
 def import_factory(ref: str) -> Callable[..., Any]:
     """Return the callable named by ``path/to/file.py:factory`` or ``package.module:factory``.
 
     The attribute may be dotted (``module:Class.build``).
     """
+    from ebai.core.plugins import import_object
+
     left, _, attr = ref.rpartition(":")
-    if left.endswith(".py"):
-        path = Path(left).expanduser()
-        if not path.is_file():
-            msg = f"model file {left!r} does not exist: check the path before ':{attr}'"
-            raise InputError(msg)
-        module = _import_file(path)
-    else:
-        try:
-            module = importlib.import_module(left)
-        except ModuleNotFoundError as exc:
-            msg = f"module {left!r} of {ref!r} cannot be imported ({exc}): install its package or give path/to/file.py:{attr}"
-            raise InputError(msg) from exc
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            msg = f"{left!r} has no {attr!r}: name a function or class defined there"
-            raise InputError(msg)
-        obj = getattr(obj, part)
+    try:
+        obj = import_object(ref)
+    except FileNotFoundError:
+        msg = f"model file {left!r} does not exist: check the path before ':{attr}'"
+        raise InputError(msg) from None
+    except ModuleNotFoundError as exc:
+        if left.endswith(".py"):
+            raise
+        msg = (
+            f"module {left!r} of {ref!r} cannot be imported ({exc}): install its package or give path/to/file.py:{attr}"
+        )
+        raise InputError(msg) from exc
+    except AttributeError:
+        msg = f"{left!r} has no {attr!r}: name a function or class defined there"
+        raise InputError(msg) from None
     if not callable(obj):
         msg = f"{ref!r} is a {type(obj).__name__}, not a function or class: name the factory that builds the network"
         raise InputError(msg)

@@ -41,13 +41,14 @@ from ebai.adapters._loading import import_torch, seeded_init
 from ebai.adapters._torch import _tile
 from ebai.core.configfile import load_yaml
 from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
 __all__ = ["MmvIm2ImAdapter", "read_mmv_config"]
 
 logger = logging.getLogger("ebai")
 
-_INSTALL = "pip install 'ebai-adapters[mmv_im2im]'"
+_INSTALL = install_line("mmv_im2im")
 #: Ops that load, add a channel, convert or augment: ebai reads and crops images itself.
 _SKIPPED_OPS = (
     "LoadImage",
@@ -61,6 +62,36 @@ _SKIPPED_OPS = (
     "ToTensor",
     "ToTensord",
 )
+_MONAI_OPS = (
+    "NormalizeIntensity",
+    "ScaleIntensity",
+    "ScaleIntensityRange",
+    "ScaleIntensityRangePercentiles",
+    "ClipIntensityPercentiles",
+    "ThresholdIntensity",
+    "ShiftIntensity",
+    "CastToType",
+    "DivisiblePad",
+    "SpatialPad",
+    "BorderPad",
+    "Activations",
+    "AsDiscrete",
+    "KeepLargestConnectedComponent",
+    "FillHoles",
+    "LabelFilter",
+)
+#: The only pre/postprocessing ops a config may name (``module_name`` -> ``func_name``s): intensity,
+#: padding and segmentation transforms of mmv_im2im and MONAI. A config travels inside an artifact's
+#: manifest, which anyone can edit; any other name would make ebai import and call code it names.
+ALLOWED_OPS: dict[str, frozenset[str]] = {
+    "mmv_im2im.preprocessing.transforms": frozenset(
+        {"norm_around_center", "pad_to_multiple", "pad_z", "normalize_staining"}
+    ),
+    "mmv_im2im.postprocessing.basic_collection": frozenset(
+        {"extract_segmentation", "generate_classmap", "prune_labels_by_size", "remove_isolated_pixels"}
+    ),
+    "monai.transforms": frozenset(_MONAI_OPS + tuple(f"{op}d" for op in _MONAI_OPS)),
+}
 #: mmv_im2im frameworks whose ``model.net`` maps an image to an image in one tensor.
 _FRAMEWORKS = ("FCN",)
 
@@ -103,6 +134,13 @@ def _build_op(info: Mapping[str, Any], where: str) -> Callable[[Any], Any] | Non
     name = str(info.get("func_name", ""))
     if name in _SKIPPED_OPS or name.startswith("Rand"):
         return None
+    module_name = str(info.get("module_name", ""))
+    if name not in ALLOWED_OPS.get(module_name, ()):
+        msg = (
+            f"{where} names {module_name}.{name}, which is not a transform ebai applies (mmv_im2im and MONAI intensity, "
+            "padding and segmentation ops only): use one of those, or run the model with mmv_im2im itself"
+        )
+        raise InputError(msg)
     params = dict(info.get("params") or {})
     keys = params.pop("keys", None)
     func = _resolve(info, where)

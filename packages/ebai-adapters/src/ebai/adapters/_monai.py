@@ -24,6 +24,7 @@ from ebai.adapters._adapter import Adapter, normalization_from
 from ebai.adapters._loading import import_torch, load_weights, seeded_init
 from ebai.adapters._torch import _tile
 from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
 __all__ = ["NETWORKS", "MonaiAdapter"]
@@ -146,7 +147,7 @@ class MonaiAdapter(Adapter):
         try:
             from monai.networks import nets
         except ImportError as exc:
-            msg = "pip install 'ebai-adapters[monai]'"
+            msg = install_line("monai")
             raise MissingDependencyError(msg) from exc
         cls = getattr(nets, self.network)
         try:

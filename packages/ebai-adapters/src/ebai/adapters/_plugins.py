@@ -7,6 +7,7 @@ importing them) and the ``pip install`` line that provides them, which ``ebai in
 
 from __future__ import annotations
 
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import PluginSpec
 
 __all__ = ["cellpose", "mmv_im2im", "monai", "torch"]
@@ -16,7 +17,7 @@ torch = PluginSpec(
     package="ebai-adapters",
     target="ebai.adapters._torch:TorchAdapter",
     requires=("torch",),
-    install="pip install ebai-adapters[torch]",
+    install=install_line("torch"),
 )
 
 monai = PluginSpec(
@@ -24,7 +25,7 @@ monai = PluginSpec(
     package="ebai-adapters",
     target="ebai.adapters._monai:MonaiAdapter",
     requires=("torch", "monai"),
-    install="pip install ebai-adapters[monai]",
+    install=install_line("monai"),
 )
 
 cellpose = PluginSpec(
@@ -32,7 +33,7 @@ cellpose = PluginSpec(
     package="ebai-adapters",
     target="ebai.adapters._cellpose:CellposeAdapter",
     requires=("torch", "cellpose", "fastremap"),
-    install="pip install ebai-adapters[cellpose]",
+    install=install_line("cellpose"),
 )
 
 mmv_im2im = PluginSpec(
@@ -40,5 +41,5 @@ mmv_im2im = PluginSpec(
     package="ebai-adapters",
     target="ebai.adapters._mmv_im2im:MmvIm2ImAdapter",
     requires=("torch", "mmv_im2im"),
-    install="pip install ebai-adapters[mmv_im2im]",
+    install=install_line("mmv_im2im"),
 )

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ebai.compress._recipe import LOSSES
+from ebai.compress._recipe import FineTuneSettings
 from ebai.compress._samples import fit_tile
 from ebai.core.errors import InputError
 from ebai.core.metrics import pearson
@@ -103,14 +103,9 @@ def distill(
     student: Any,
     teacher: Any,
     images: Sequence[np.ndarray],
+    settings: FineTuneSettings | None = None,
     *,
     tile: Sequence[int],
-    steps: int = 200,
-    lr: float = 1e-3,
-    loss: str = "mse",
-    batch_size: int = 2,
-    eval_every: int = 20,
-    patience: int = 4,
     validation: Sequence[np.ndarray] | None = None,
     seed: int = 0,
 ) -> DistillResult:
@@ -125,19 +120,14 @@ def distill(
     images
         Preprocessed images ``(C, *spatial)`` float32; crops of ``tile`` are drawn at random
         (with random flips), images smaller than the tile are padded by reflection.
+    settings
+        Step budget, Adam learning rate, loss (``"mse"`` or ``"l1"``, divided by the teacher's
+        output variance or spread), crops per step, and the early stop: every ``eval_every``
+        steps the loss on ``validation`` is measured, and after ``patience`` checks without a
+        0.1% improvement training stops, keeping the best weights. As a recipe's ``fine_tune``
+        section holds them; its defaults when left out.
     tile
         Spatial crop shape, normally the model's tile.
-    steps
-        Step budget; training may stop earlier.
-    lr
-        Adam learning rate.
-    loss
-        ``"mse"`` or ``"l1"``, divided by the teacher's output variance (spread for l1).
-    batch_size
-        Crops per step.
-    eval_every, patience
-        Every ``eval_every`` steps the loss on ``validation`` is measured; after ``patience``
-        checks without a 0.1% improvement training stops. The best weights are kept.
     validation
         Fixed tiles ``(C, *tile)`` for those checks; by default four crops of ``images``.
     seed
@@ -150,13 +140,17 @@ def distill(
     """
     import torch
 
-    if loss not in LOSSES:
-        msg = f"unknown distillation loss {loss!r}: use one of {', '.join(LOSSES)}"
-        raise InputError(msg)
+    settings = FineTuneSettings() if settings is None else settings
     if not images:
         msg = "distillation needs at least one image: give some of your own images"
         raise InputError(msg)
-    steps, batch_size, eval_every, patience = int(steps), int(batch_size), int(eval_every), int(patience)
+    steps, batch_size, eval_every, patience = (
+        settings.steps,
+        settings.batch_size,
+        settings.eval_every,
+        settings.patience,
+    )
+    loss = settings.loss
     rng = np.random.default_rng(seed)
     if validation is None:
         vrng = np.random.default_rng([seed, 7])
@@ -185,7 +179,7 @@ def distill(
     try:
         loss_before, pearson_before = check()
         best_loss, best_pearson, best_state = loss_before, pearson_before, copy.deepcopy(student.state_dict())
-        optimizer = torch.optim.Adam(params, lr=float(lr))
+        optimizer = torch.optim.Adam(params, lr=settings.lr)
         bad_checks, ran, stopped = 0, 0, False
         for step in progress(range(steps), "distilling", total=steps, unit="step"):
             crops = [

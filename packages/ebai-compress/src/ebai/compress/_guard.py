@@ -8,7 +8,6 @@ masks) on postprocessed outputs. One of them, named by the recipe, decides.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -17,24 +16,10 @@ from ebai.core.interfaces import ModelSource
 from ebai.core.manifest import FidelityRecord
 from ebai.core.metrics import max_abs_error, pearson, ssim
 
-__all__ = ["BUILTIN_METRICS", "FidelityJudge", "compare", "run_batches", "torch_infer"]
+__all__ = ["BUILTIN_METRICS", "FidelityJudge", "compare", "run_batches"]
 
 #: Metrics the guard computes itself; any other name must come from the adapter's ``evaluate``.
 BUILTIN_METRICS = ("pearson", "ssim")
-
-
-def torch_infer(module: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """Return a numpy-in, numpy-out function running ``module`` in eval mode without gradients."""
-    import torch
-
-    module.eval()
-
-    def infer(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-        return out.detach().float().cpu().numpy()
-
-    return infer
 
 
 def run_batches(

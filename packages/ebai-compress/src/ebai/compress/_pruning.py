@@ -23,10 +23,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ebai.compress._recipe import PRUNE_METHODS, check_ratio
+from ebai.compress._recipe import PRUNE_METHODS, PruneSettings
 from ebai.core.errors import InputError
 
-__all__ = ["PruneResult", "output_layers", "prune"]
+__all__ = ["PruneResult", "count_macs_and_params", "output_layers", "prune"]
 
 logger = logging.getLogger("ebai")
 
@@ -42,11 +42,11 @@ class PruneResult:
     ----------
     model
         The pruned ``torch.nn.Module`` (a new object; the input network is left untouched).
-    method, ratio
-        Importance criterion and target fraction of channels removed.
+    settings
+        The pruning settings used (method, ratio, layers kept, rounding).
     macs_before, macs_after, params_before, params_after
-        Multiply-accumulates for one input of the example's shape, and parameter counts, from
-        ``torch_pruning.utils.count_ops_and_params``.
+        Multiply-accumulates for one input of the example's shape (Torch-Pruning's counter, with
+        each call site of a shared module counted once), and parameter counts.
     kept
         Names of the layers whose output channels were not pruned.
     channels
@@ -54,16 +54,13 @@ class PruneResult:
     """
 
     model: Any
-    method: str
-    ratio: float
+    settings: PruneSettings
     macs_before: int
     macs_after: int
     params_before: int
     params_after: int
     kept: tuple[str, ...] = ()
     channels: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-    global_pruning: bool = False
-    round_to: int = 8
 
     @property
     def mac_reduction(self) -> float:
@@ -78,10 +75,10 @@ class PruneResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record for the artifact manifest (without the model)."""
         return {
-            "method": self.method,
-            "ratio": self.ratio,
-            "global_pruning": self.global_pruning,
-            "round_to": self.round_to,
+            "method": self.settings.method,
+            "ratio": self.settings.ratio,
+            "global_pruning": self.settings.global_pruning,
+            "round_to": self.settings.round_to,
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "params_before": self.params_before,
@@ -280,6 +277,37 @@ def _loose_scalars(model: Any) -> list[Any]:
     return loose
 
 
+def _unshare(model: Any) -> None:
+    """Give every module reached from two parents its own copy, in place.
+
+    Torch-Pruning's operation counter (ptflops') walks the module tree with ``Module.apply``, which
+    meets a module shared by two parents twice: it then prints "variables __flops__ or __params__
+    are already defined ... ptflops can affect your code!" once per visit and counts that
+    module's operations under both parents. A copy per parent leaves each call site one module.
+    """
+    seen: set[int] = set()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in seen:
+                setattr(parent, name, copy.deepcopy(child))
+            else:
+                seen.add(id(child))
+
+
+def count_macs_and_params(model: Any, example: Any) -> tuple[int, int]:
+    """Multiply-accumulates of one call on ``example`` and the number of parameters of ``model``.
+
+    The network is left as it was, without counter attributes and without any output, however
+    often it is counted.
+    """
+    import torch_pruning as tp
+
+    counted = copy.deepcopy(model)
+    _unshare(counted)
+    macs, _ = tp.utils.count_ops_and_params(counted, example)
+    return int(macs), int(sum(p.numel() for p in model.parameters()))
+
+
 def _channels(model: Any) -> dict[str, int]:
     torch = _torch()
     out = {}
@@ -291,17 +319,7 @@ def _channels(model: Any) -> dict[str, int]:
     return out
 
 
-def prune(
-    model: Any,
-    example_input: Any,
-    *,
-    method: str = "l1",
-    ratio: float = 0.5,
-    keep: Sequence[str] = (),
-    layer_ratios: Mapping[str, float] | None = None,
-    global_pruning: bool = False,
-    round_to: int = 8,
-) -> PruneResult:
+def prune(model: Any, example_input: Any, settings: PruneSettings | None = None) -> PruneResult:
     """Remove the least important channels of a network, keeping its input and output layout.
 
     Parameters
@@ -311,19 +329,10 @@ def prune(
     example_input
         One input batch (tensor or array ``(N, C, *tile)``) or its shape; used to trace the
         channel dependencies and to count MACs.
-    method
-        ``"l1"``, ``"l2"`` (filter magnitude) or ``"fpgm"`` (geometric median).
-    ratio
-        Fraction of channels to remove, in (0, 1).
-    keep
-        Names or globs of further layers whose output channels are kept; the output layer(s)
-        (found with :func:`output_layers`) are always kept.
-    layer_ratios
-        Per-layer ratios keyed by module name or glob, overriding ``ratio``.
-    global_pruning
-        Rank channels over the whole network instead of per layer.
-    round_to
-        Keep channel counts at multiples of this (8 suits int8 kernels).
+    settings
+        Method, ratio, layers to keep, per-layer ratios, global ranking and rounding, as a
+        recipe's ``prune`` section holds them; by default L1 importance at ratio 0.5. The output
+        layer(s) (found with :func:`output_layers`) are always kept.
 
     Returns
     -------
@@ -333,19 +342,17 @@ def prune(
     Raises
     ------
     InputError
-        For a ratio outside (0, 1), an unknown method, a ``keep`` name that matches no layer, or a
-        network whose channel dependencies Torch-Pruning cannot follow.
+        For settings that ask for no pruning, a ``keep`` name that matches no layer, or a network
+        whose channel dependencies Torch-Pruning cannot follow.
     """
     torch = _torch()
     import torch_pruning as tp
 
-    ratio = check_ratio(ratio)
-    method = str(method).lower()
-    importance = _importance(method)
-    layer_ratios = {k: check_ratio(v, f"pruning ratio of layer {k!r}") for k, v in (layer_ratios or {}).items()}
-    if int(round_to) < 1:
-        msg = f"round_to must be a positive channel multiple, got {round_to}: use 8, or 1 for no rounding"
+    settings = PruneSettings(method="l1") if settings is None else settings
+    if not settings.enabled:
+        msg = "prune() was given method 'none': name a method (l1, l2, fpgm) or skip pruning"
         raise InputError(msg)
+    importance = _importance(settings.method)
 
     if isinstance(model, torch.jit.ScriptModule):
         msg = (
@@ -358,13 +365,13 @@ def prune(
     before = _channels(net)
     with torch.no_grad():
         reference_shape = tuple(net(example).shape)
-    macs_before, params_before = tp.utils.count_ops_and_params(net, example)
+    macs_before, params_before = count_macs_and_params(net, example)
     with _tracing_friendly(net):
         outputs = output_layers(net, example)
         ignored = {n: net.get_submodule(n) for n in outputs}
-        ignored.update(_match(net, keep, "layer to keep"))
+        ignored.update(_match(net, settings.keep, "layer to keep"))
         ratio_dict = {}
-        for pattern, value in layer_ratios.items():
+        for pattern, value in settings.layer_ratios.items():
             for module in _match(net, [pattern], "layer ratio key").values():
                 for sub in module.modules():
                     if _prunable(sub):
@@ -376,13 +383,13 @@ def prune(
                 net,
                 example,
                 importance=importance,
-                pruning_ratio=ratio,
+                pruning_ratio=settings.ratio,
                 pruning_ratio_dict=ratio_dict or None,
-                global_pruning=bool(global_pruning),
-                max_pruning_ratio=_MAX_LAYER_RATIO if global_pruning else 1.0,
+                global_pruning=settings.global_pruning,
+                max_pruning_ratio=_MAX_LAYER_RATIO if settings.global_pruning else 1.0,
                 ignored_layers=[*ignored.values(), *scalars],
                 unwrapped_parameters=[(p, 0) for p in scalars] or None,
-                round_to=int(round_to) if int(round_to) > 1 else None,
+                round_to=settings.round_to if settings.round_to > 1 else None,
                 customized_pruners=customized or None,
             )
             pruner.step()
@@ -404,26 +411,23 @@ def prune(
     if shape != reference_shape:
         msg = f"pruning changed the output shape from {reference_shape} to {shape}: keep the output layers with prune.keep"
         raise InputError(msg)
-    macs_after, params_after = tp.utils.count_ops_and_params(net, example)
+    macs_after, params_after = count_macs_and_params(net, example)
     after = _channels(net)
     result = PruneResult(
         model=net,
-        method=method,
-        ratio=ratio,
-        macs_before=int(macs_before),
-        macs_after=int(macs_after),
-        params_before=int(params_before),
-        params_after=int(params_after),
+        settings=settings,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        params_before=params_before,
+        params_after=params_after,
         kept=tuple(sorted(ignored)),
         channels={n: (before[n], after.get(n, before[n])) for n in before},
-        global_pruning=bool(global_pruning),
-        round_to=int(round_to),
     )
     logger.info(
         "pruned %s (%s, ratio %.2f): MACs %.3g -> %.3g (%.2fx), parameters %d -> %d",
         type(model).__name__,
-        method,
-        ratio,
+        settings.method,
+        settings.ratio,
         macs_before,
         macs_after,
         result.mac_reduction,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebai.core.configfile import parse_problem
+from ebai.core.configfile import load_yaml, parse_problem
 from ebai.core.errors import InputError
 from ebai.core.interfaces import PRECISIONS
 
@@ -25,6 +25,7 @@ __all__ = [
     "FineTuneSettings",
     "PruneSettings",
     "Recipe",
+    "TimingSettings",
 ]
 
 #: Pruning importance criteria (Torch-Pruning importances) a recipe may name, plus "none".
@@ -32,6 +33,14 @@ PRUNE_METHODS = ("l1", "l2", "fpgm", "none")
 #: Built-in fine-tuning methods; any other string is read as a "module:function" callback.
 FINE_TUNE_METHODS = ("distill", "none")
 LOSSES = ("mse", "l1")
+#: Pruning asked for by method alone (``--prune l1``) removes this fraction of channels.
+DEFAULT_RATIO = 0.5
+#: Guard threshold when the network was pruned or fine-tuned and the recipe gives none.
+CHANGED_THRESHOLD = 0.95
+#: Guard threshold on Pearson when only the lowering changes the network (int8's own standard).
+UNCHANGED_PEARSON = 0.99
+#: Largest loss of a task metric against the fp32 network when only the lowering changes it.
+UNCHANGED_TASK_DROP = 0.005
 EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
@@ -55,16 +64,19 @@ def check_ratio(ratio: float, what: str = "pruning ratio") -> float:
 
 @dataclass(frozen=True)
 class PruneSettings:
-    """Structured channel pruning with Torch-Pruning (DepGraph).
+    """Structured channel pruning with Torch-Pruning (DepGraph); none unless asked for.
 
     Attributes
     ----------
     method
         Channel importance: ``"l1"`` or ``"l2"`` (weight magnitude), ``"fpgm"`` (distance to the
-        geometric median of a layer's filters), or ``"none"`` to keep the network as it is.
+        geometric median of a layer's filters), or ``"none"`` to keep the network as it is. Left
+        out, it is ``"none"``, or ``"l1"`` when a ``ratio`` is given: a network is pruned only
+        when the user asks for it.
     ratio
-        Fraction of channels removed, in (0, 1). Removing half the channels of every layer cuts
-        MACs about 4x, since each convolution loses both input and output channels.
+        Fraction of channels removed, in (0, 1); 0.5 when a method is named without it. Removing
+        half the channels of every layer cuts MACs about 4x, since each convolution loses both
+        input and output channels.
     global_pruning
         Rank channels across all layers instead of removing ``ratio`` from each layer (each layer
         still keeps at least 10% of its channels).
@@ -77,20 +89,23 @@ class PruneSettings:
         Remaining channel counts are multiples of this (8 suits int8 kernels); 1 disables rounding.
     """
 
-    method: str = "l1"
-    ratio: float = 0.5
+    method: str | None = None
+    ratio: float | None = None
     global_pruning: bool = False
     layer_ratios: Mapping[str, float] = field(default_factory=dict)
     keep: tuple[str, ...] = ()
     round_to: int = 8
 
     def __post_init__(self) -> None:
-        method = str(self.method).lower()
+        if self.method is None:
+            method = "none" if self.ratio is None else "l1"
+        else:
+            method = str(self.method).lower()
         if method not in PRUNE_METHODS:
             _fail(f"unknown pruning method {self.method!r}: use one of {', '.join(PRUNE_METHODS)}")
         object.__setattr__(self, "method", method)
-        if method != "none":
-            object.__setattr__(self, "ratio", check_ratio(self.ratio))
+        ratio = DEFAULT_RATIO if self.ratio is None else self.ratio
+        object.__setattr__(self, "ratio", check_ratio(ratio) if method != "none" else ratio)
         ratios = {str(k): check_ratio(v, f"pruning ratio of layer {k!r}") for k, v in dict(self.layer_ratios).items()}
         object.__setattr__(self, "layer_ratios", ratios)
         keep = (self.keep,) if isinstance(self.keep, str) else tuple(str(k) for k in self.keep)
@@ -230,7 +245,10 @@ class FidelitySettings:
         What decides: ``"pearson"``, ``"ssim"``, or a task metric the adapter's ``evaluate``
         returns (e.g. ``"ap50"``). Higher is better.
     threshold
-        Lowest acceptable value of ``metric`` for a target against the original network.
+        Lowest acceptable value of ``metric`` for a target against the original network. Left
+        out, it depends on what was done: a pruned or fine-tuned network must reach 0.95; a
+        network only lowered (e.g. int8 alone) is held to int8's own standard, Pearson 0.99, or a
+        task metric within 0.005 of the fp32 network's.
     held_out
         Images kept aside for the guard: never used for calibration or fine-tuning.
     tiles
@@ -238,17 +256,61 @@ class FidelitySettings:
     """
 
     metric: str = "pearson"
-    threshold: float = 0.95
+    threshold: float | None = None
     held_out: int = 2
     tiles: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", str(self.metric))
-        object.__setattr__(self, "threshold", float(self.threshold))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", float(self.threshold))
         for name in ("held_out", "tiles"):
             if int(getattr(self, name)) < 1:
                 _fail(f"fidelity.{name} must be at least 1, got {getattr(self, name)}")
             object.__setattr__(self, name, int(getattr(self, name)))
+
+    def threshold_for(self, changed: bool, fp32_value: float) -> float:
+        """Return the threshold that applies: the recipe's, else the standard for what was done.
+
+        Parameters
+        ----------
+        changed
+            Whether the network was pruned or fine-tuned before lowering.
+        fp32_value
+            The fp32 (pruned, fine-tuned) network's own score on ``metric`` against the original.
+        """
+        if self.threshold is not None:
+            return self.threshold
+        if changed:
+            return CHANGED_THRESHOLD
+        if self.metric == "pearson":
+            return UNCHANGED_PEARSON
+        return round(fp32_value - UNCHANGED_TASK_DROP, 6)
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How each target is timed against the backend's default precision on this machine.
+
+    Attributes
+    ----------
+    rounds
+        Interleaved rounds (target, default, target, ...), one call of one tile each; the medians
+        are recorded. More rounds give steadier figures on a busy machine.
+    warmup
+        Untimed calls of each engine before the first round.
+    """
+
+    rounds: int = 10
+    warmup: int = 2
+
+    def __post_init__(self) -> None:
+        if int(self.rounds) < 1:
+            _fail(f"timing.rounds must be at least 1, got {self.rounds}")
+        if int(self.warmup) < 0:
+            _fail(f"timing.warmup must be 0 or more, got {self.warmup}")
+        object.__setattr__(self, "rounds", int(self.rounds))
+        object.__setattr__(self, "warmup", int(self.warmup))
 
 
 _SECTIONS: dict[str, type] = {
@@ -257,6 +319,7 @@ _SECTIONS: dict[str, type] = {
     "export": ExportSettings,
     "calibration": CalibrationSettings,
     "fidelity": FidelitySettings,
+    "timing": TimingSettings,
 }
 
 
@@ -267,7 +330,7 @@ class Recipe:
     Build it in Python (``Recipe(prune=PruneSettings(method="fpgm"))``), from a mapping
     (:meth:`from_dict`) or from a YAML/TOML file (:meth:`from_file`); :meth:`to_dict` gives the
     same layout back. Top-level keys: ``prune``, ``fine_tune``, ``export``, ``calibration``,
-    ``fidelity`` (sections, see their classes), ``targets``, ``precision``, ``seed``.
+    ``fidelity``, ``timing`` (sections, see their classes), ``targets``, ``precision``, ``seed``.
 
     Attributes
     ----------
@@ -284,6 +347,7 @@ class Recipe:
     export: ExportSettings = field(default_factory=ExportSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     fidelity: FidelitySettings = field(default_factory=FidelitySettings)
+    timing: TimingSettings = field(default_factory=TimingSettings)
     targets: tuple[str, ...] = ("openvino",)
     precision: str | Mapping[str, str] = "fp32"
     seed: int = 0
@@ -338,8 +402,11 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             _fail(f"recipe file {str(path)!r} does not exist: give the path of a YAML or TOML file")
-        text = path.read_text(encoding="utf-8")
         suffix = path.suffix.lower()
+        if suffix not in (".toml", ".json"):  # YAML, read as adapter configs are
+            data = load_yaml(path, "recipe file", "give the path of a YAML or TOML file") or {}
+            return cls.from_dict(data, source=f"recipe file {str(path)!r}")
+        text = path.read_text(encoding="utf-8")
         try:
             if suffix == ".toml":
                 try:
@@ -347,12 +414,8 @@ class Recipe:
                 except ModuleNotFoundError:  # Python 3.10
                     import tomli as tomllib
                 data = tomllib.loads(text)
-            elif suffix == ".json":
-                data = json.loads(text)
             else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
+                data = json.loads(text)
         except Exception as exc:  # each parser raises its own error class
             msg = f"recipe file {str(path)!r} cannot be parsed ({type(exc).__name__}: {parse_problem(exc)}): fix its syntax"
             raise InputError(msg) from exc
@@ -374,8 +437,16 @@ class Recipe:
         return json.loads(json.dumps(self.to_dict(), default=_callable_name))
 
     def updated(self, changes: Mapping[str, Any]) -> Recipe:
-        """Return a copy with ``changes`` (nested mappings, as in a file) merged over this recipe."""
-        return Recipe.from_dict(_merge(self.to_dict(), changes), source="recipe options")
+        """Return a copy with ``changes`` (nested mappings, as in a file) merged over this recipe.
+
+        A pruning ratio given without a method over a recipe that prunes nothing asks for pruning
+        (L1), as it does in a file.
+        """
+        base = self.to_dict()
+        prune = changes.get("prune")
+        if isinstance(prune, Mapping) and "method" not in prune and not self.prune.enabled:
+            base["prune"]["method"] = None
+        return Recipe.from_dict(_merge(base, changes), source="recipe options")
 
 
 def _plain(value: Any) -> Any:

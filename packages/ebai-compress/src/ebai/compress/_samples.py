@@ -49,13 +49,24 @@ def load_samples(model_source: ModelSource, data_source: DataSource) -> list[np.
     Raises
     ------
     InputError
-        When a sample has the wrong number of dimensions or channels (naming which one).
+        When a sample has the wrong number of dimensions or channels, or holds NaN/Inf values
+        (naming which one: a NaN spoils every correlation and an Inf every int8 scale).
     """
     spec = model_source.input_spec
     out = []
     total = len(data_source) if hasattr(data_source, "__len__") else None
+    paths = getattr(data_source, "paths", None)
     for i, raw in enumerate(progress(iter(data_source), "reading images", total=total, unit="img")):
-        sample = np.asarray(model_source.preprocess(np.asarray(raw)), dtype=np.float32)
+        raw = np.asarray(raw)
+        if np.issubdtype(raw.dtype, np.inexact) and not np.isfinite(raw).all():
+            name = repr(str(paths[i])) if paths is not None and i < len(paths) else f"image {i} of the data"
+            bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+            msg = (
+                f"{name} holds {bad} NaN/Inf value(s): calibration and the accuracy guard need finite images; "
+                "fix or leave out that image"
+            )
+            raise InputError(msg)
+        sample = np.asarray(model_source.preprocess(raw), dtype=np.float32)
         spec.check_sample(sample, what=f"image {i} after preprocessing")
         out.append(sample)
     return out

@@ -9,6 +9,7 @@ the recipe file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,9 @@ from typing import Any
 import click
 
 from ebai.core.errors import InputError
+from ebai.core.specs import NORMALIZATIONS
 
 __all__ = ["compress", "parse_prune", "summary"]
-
-_NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
 
 
 def parse_prune(value: str) -> dict[str, Any]:
@@ -68,6 +68,24 @@ def _model_source(
     return get_adapter("torch")(model, weights=weights, trust_pickle=trust_pickle, **given)
 
 
+#: A network's activations take many times its input tile; below this many tiles of free memory
+#: compression cannot run (a mistyped --tile would otherwise fail in a multi-PiB allocation).
+_TILES_OF_MEMORY = 16
+
+
+def _check_tile_fits(spec: Any) -> None:
+    from ebai.core.memory import available_memory, format_bytes
+
+    tile_bytes = 4 * spec.channels * math.prod(spec.tile)
+    free = available_memory()
+    if free is not None and tile_bytes * _TILES_OF_MEMORY > free:
+        msg = (
+            f"tile {','.join(map(str, spec.tile))} is {format_bytes(tile_bytes)} of float32 input per tile and the network "
+            f"needs many times that, but {format_bytes(free)} is free: give a smaller --tile, e.g. 32,128,128"
+        )
+        raise InputError(msg)
+
+
 def _fmt(n: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
@@ -107,7 +125,19 @@ def summary(manifest: Any, path: Path) -> str:
         lines.append(
             f"{t.key:18}{f.pearson:>9.4f}{f.max_abs_error:>10.3g}{criterion:>24}{'yes' if f.passed else 'no':>8}"
         )
+    for t in manifest.targets:
+        if t.timing is not None:
+            lines.append(_timing_line(t.key, t.backend, t.timing))
     return "\n".join(lines)
+
+
+def _timing_line(key: str, backend: str, timing: Any) -> str:
+    from ebai.compress._pipeline import duration
+
+    return (
+        f"speed     {key}: {duration(timing.median_s)} vs {backend} default ({timing.default_precision}) "
+        f"{duration(timing.default_median_s)} per call: {timing.speedup:.2f}x on this machine"
+    )
 
 
 @click.command("compress", context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,7 +152,7 @@ def summary(manifest: Any, path: Path) -> str:
 @click.option("--channels", type=int, help="Input channels of the model.")
 @click.option("--tile", help="Spatial tile, e.g. 32,64,64.")
 @click.option(
-    "--normalize", "normalization", type=click.Choice(_NORMALIZATIONS), help="Intensity normalisation of each image."
+    "--normalize", "normalization", type=click.Choice(NORMALIZATIONS), help="Intensity normalisation of each image."
 )
 @click.option("--divisor", type=int, help="Spatial sizes the model takes must be multiples of this.")
 @click.option(
@@ -133,13 +163,17 @@ def summary(manifest: Any, path: Path) -> str:
     required=True,
     help="Image folder, file or glob (TIFF/PNG/NPY, Zarr/OME-Zarr; of a large image only the centre is read); repeatable.",
 )
-@click.option("--prune", "prune_spec", help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5; 'none' to skip.")
+@click.option(
+    "--prune",
+    "prune_spec",
+    help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5; none unless asked here or in the recipe.",
+)
 @click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Lower every target to fp16.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Lower every target to fp32.")
 @click.option("--target", "-t", "targets", multiple=True, help="Backend to lower to (openvino, tensorrt); repeatable.")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe file (YAML or TOML); options here override it.")
-@click.option("--steps", type=int, help="Distillation step budget (0: no fine-tuning).")
+@click.option("--steps", type=int, help="Distillation step budget after pruning (0: no fine-tuning).")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Artifact folder to write (name.ebai).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
 def compress(
@@ -162,7 +196,10 @@ def compress(
     output: str,
     overwrite: bool,
 ) -> None:
-    """Prune, fine-tune, lower and verify MODEL on your images; write one artifact.
+    """Lower MODEL (pruned and fine-tuned only if asked), verify it on your images; write one artifact.
+
+    Every target is timed against its backend's default precision on this machine, and the
+    fastest comes first in the artifact.
 
     MODEL is file.py:factory or package.module:factory (with --weights), or a TorchScript file;
     or use --adapter NAME --adapter-config FILE.
@@ -170,10 +207,11 @@ def compress(
     from ebai.compress._pipeline import compress as run_compress
     from ebai.compress._recipe import Recipe
     from ebai.core.data import ImageFiles
-    from ebai.core.files import check_output
+    from ebai.core.files import check_output, check_writable_dir
 
     out = Path(output)
     check_output(out, overwrite)
+    check_writable_dir(out.absolute().parent, "folder for the artifact")  # before hours of work, not after
     base = Recipe.from_file(recipe) if recipe else Recipe()
     changes: dict[str, Any] = {}
     if prune_spec:
@@ -193,6 +231,7 @@ def compress(
         adapter_config,
         {"axes": axes, "channels": channels, "tile": tile, "normalization": normalization, "divisor": divisor},
     )
+    _check_tile_fits(source.input_spec)
     images = ImageFiles(list(data), source.input_spec)
     artifact = run_compress(source, images, plan, out, overwrite=overwrite)
     click.echo(summary(artifact.manifest, out))

@@ -1,5 +1,10 @@
 """ebai.core: the contracts, artifact, plugins and measurement shared by every ebai package.
 
+The names here are what a user (open an artifact, find a backend or adapter) and a plugin author
+(implement :class:`ModelSource` or :class:`Backend`, register a :class:`PluginSpec`, raise the
+errors) need; helpers live in their modules (``ebai.core.metrics``, ``ebai.core.tiling``,
+``ebai.core.latency``, ``ebai.core.energy``, ``ebai.core.manifest``, ``ebai.core.testing``...).
+
 Importing this package imports numpy and the standard library only (never torch, OpenVINO or
 TensorRT), so it is safe in a tool's import path.
 """
@@ -13,80 +18,41 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-from ebai.core.artifact import Artifact, ArtifactWriter, package_versions, sha256_file, write_artifact
+from ebai.core.artifact import Artifact
 from ebai.core.data import ArraySource, ImageFiles
-from ebai.core.energy import EnergyResult, measure_energy
 from ebai.core.errors import (
     ArtifactError,
     BackendUnavailableError,
     EbaiError,
-    FidelityError,
     InputError,
     MissingDependencyError,
-    OutputExistsError,
-    PluginNotFoundError,
 )
-from ebai.core.files import atomic_dir, atomic_file, check_output
-from ebai.core.imageio import list_images, read_image, to_sample, write_tiff
-from ebai.core.interfaces import PRECISIONS, Backend, DataSource, Engine, Lowering, ModelSource
-from ebai.core.latency import LatencyStats, measure_latency
-from ebai.core.manifest import FidelityRecord, Manifest, TargetRecord
-from ebai.core.metrics import average_precision, dice, iou, max_abs_error, pearson, ssim
-from ebai.core.plugins import Availability, PluginSpec, get_adapter, get_backend
-from ebai.core.progress import progress
+from ebai.core.interfaces import Backend, ComparisonVariant, DataSource, Engine, Lowering, ModelSource
+from ebai.core.plugins import PluginSpec, get_adapter, get_backend
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
-from ebai.core.tiling import predict_tiled
 
+#: What users and plugin authors need. Everything else (metrics, tiling, latency, energy, the
+#: manifest records, file helpers) is imported from its module: ``from ebai.core.metrics import pearson``.
 __all__ = [
     "ArraySource",
     "Artifact",
     "ArtifactError",
-    "ArtifactWriter",
-    "Availability",
     "Backend",
     "BackendUnavailableError",
+    "ComparisonVariant",
     "DataSource",
     "EbaiError",
-    "EnergyResult",
     "Engine",
-    "FidelityError",
-    "FidelityRecord",
     "ImageFiles",
     "InputError",
     "InputSpec",
-    "LatencyStats",
     "Lowering",
-    "Manifest",
     "MissingDependencyError",
     "ModelSource",
     "Normalization",
-    "OutputExistsError",
     "OutputSpec",
-    "PRECISIONS",
-    "PluginNotFoundError",
     "PluginSpec",
-    "TargetRecord",
     "__version__",
-    "atomic_dir",
-    "atomic_file",
-    "average_precision",
-    "check_output",
-    "dice",
     "get_adapter",
     "get_backend",
-    "iou",
-    "list_images",
-    "max_abs_error",
-    "measure_energy",
-    "measure_latency",
-    "package_versions",
-    "pearson",
-    "predict_tiled",
-    "progress",
-    "read_image",
-    "sha256_file",
-    "ssim",
-    "to_sample",
-    "write_artifact",
-    "write_tiff",
 ]

@@ -10,6 +10,12 @@ Layout::
 
 An artifact is written in a temporary folder and renamed into place, so it is complete or absent;
 opening one checks the schema and every hash and refuses anything else.
+
+An artifact is data, possibly from someone else. Opening one therefore also checks that every
+path its manifest names stays inside the artifact folder (no ``..``, no absolute path, no
+symbolic link anywhere in it), and that the manifest's own sha256 matches its content. Nothing a
+manifest names is imported or run here; a backend cache under ``cache/`` is used only when this
+machine wrote it (see the backend's cache).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 from ebai.core.errors import ArtifactError
 from ebai.core.files import atomic_dir, check_output
 from ebai.core.interfaces import Engine
-from ebai.core.manifest import Manifest, TargetRecord
+from ebai.core.manifest import DIGEST_KEY, Manifest, TargetRecord, manifest_digest
 
 __all__ = ["MANIFEST", "Artifact", "ArtifactWriter", "package_versions", "sha256_file", "write_artifact"]
 
@@ -53,6 +59,46 @@ def package_versions(*names: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
+
+
+def _inside(root: Path, relative: str, what: str) -> Path:
+    """Return ``root / relative``, refusing a path that leaves the artifact folder.
+
+    ``relative`` comes from a manifest, which anyone can edit: an absolute path, a ``..`` part or a
+    symbolic link pointing elsewhere would make ebai load a file that was never hashed.
+    """
+    rel = str(relative)
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or rel.startswith(("/", "\\")) or ".." in parts or ":" in rel.split("/")[0]:
+        msg = f"artifact {str(root)!r} names {what} {rel!r}, which is not a path inside the artifact: it was modified, do not use it"
+        raise ArtifactError(msg)
+    path = root / rel
+    base = root.resolve()
+    try:
+        path.resolve().relative_to(base)
+    except ValueError:
+        msg = f"artifact {str(root)!r} names {what} {rel!r}, which leads outside the artifact: it was modified, do not use it"
+        raise ArtifactError(msg) from None
+    return path
+
+
+def _check_paths(root: Path, manifest: Manifest) -> None:
+    """Refuse a manifest naming any path outside the artifact, and any symbolic link inside it."""
+    for rel in manifest.files:
+        _inside(root, rel, "file")
+    if manifest.reference:
+        _inside(root, manifest.reference, "reference model")
+    for t in manifest.targets:
+        if t.directory:
+            _inside(root, t.directory, f"target {t.key} folder")
+        for name in (t.entry, *t.files):
+            _inside(root, f"{t.directory}/{name}" if t.directory else name, f"target {t.key} file")
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            if os.path.islink(os.path.join(dirpath, name)):
+                rel = Path(dirpath, name).relative_to(root).as_posix()
+                msg = f"artifact {str(root)!r} holds a symbolic link {rel!r}: artifacts hold plain files only, recreate it"
+                raise ArtifactError(msg)
 
 
 def _listed_files(root: Path) -> Iterator[str]:
@@ -170,9 +216,18 @@ class Artifact:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             msg = f"{MANIFEST} in {str(path)!r} is not valid JSON ({exc}): the artifact is damaged, recreate it"
             raise ArtifactError(msg) from exc
+        if not isinstance(data, dict):
+            msg = f"{MANIFEST} in {str(path)!r} holds a {type(data).__name__}, not a manifest: the artifact is damaged, recreate it"
+            raise ArtifactError(msg)
         manifest = Manifest.from_dict(data)
+        _check_paths(path, manifest)
         art = cls(path, manifest)
         if verify:
+            recorded = data.get(DIGEST_KEY)
+            if recorded != manifest_digest(data):
+                how = "has no sha256 of its own" if recorded is None else "does not match its own sha256"
+                msg = f"{MANIFEST} in {str(path)!r} {how}: it was edited or damaged, recreate the artifact with ebai compress"
+                raise ArtifactError(msg)
             art.verify()
         return art
 
@@ -200,7 +255,7 @@ class Artifact:
         if relative not in self.manifest.files:
             msg = f"artifact {self.manifest.name!r} has no file {relative!r}"
             raise ArtifactError(msg)
-        return self.path / relative
+        return _inside(self.path, relative, "file")
 
     @property
     def cache_dir(self) -> Path:
@@ -216,5 +271,6 @@ class Artifact:
         from ebai.core.plugins import get_backend
 
         target = self.target(backend, precision)
+        folder = _inside(self.path, target.directory, f"target {target.key} folder") if target.directory else self.path
         impl = get_backend(target.backend)
-        return impl.load(self.path / target.directory, target.lowering(), **options)
+        return impl.load(folder, target.lowering(), **options)

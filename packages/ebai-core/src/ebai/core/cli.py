@@ -4,18 +4,24 @@
 the command asked for. A command whose package fails to import still shows up, and running it
 prints why, so one broken plugin never breaks the rest of the CLI. Errors ebai raises on purpose
 are printed as one line (``--debug`` shows the traceback).
+
+SIGTERM (what SLURM and ``kill`` send) is turned into the same exception path as Ctrl-C, so every
+temporary file is removed on the way out, as after any error.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import click
 
 from ebai.core import __version__
 from ebai.core.errors import EbaiError
+from ebai.core.install_hints import plugin_install_line
 from ebai.core.plugins import CLI, entry_point, plugin_names
 
 __all__ = ["main", "cli"]
@@ -23,7 +29,7 @@ __all__ = ["main", "cli"]
 logger = logging.getLogger("ebai")
 
 
-def _broken_command(name: str, exc: BaseException) -> click.Command:
+def _broken_command(name: str, exc: BaseException | str) -> click.Command:
     @click.command(name=name, help=f"(unavailable: {exc})", context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def broken(args: Any) -> None:
@@ -31,6 +37,15 @@ def _broken_command(name: str, exc: BaseException) -> click.Command:
         raise click.ClickException(msg)
 
     return broken
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: unwinds like Ctrl-C (temporary files removed), exits with 128 + 15."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    msg = f"signal {signum}"
+    raise Terminated(msg)
 
 
 class LazyGroup(click.Group):
@@ -44,7 +59,8 @@ class LazyGroup(click.Group):
         if cmd is not None:
             return cmd
         if cmd_name not in plugin_names(CLI):
-            return None
+            home = plugin_install_line(CLI, cmd_name)  # a known command whose package is missing
+            return _broken_command(cmd_name, f"it is not installed: {home}") if home else None
         ep = entry_point(CLI, cmd_name)
         try:
             loaded = ep.load()
@@ -63,11 +79,12 @@ class LazyGroup(click.Group):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.secho("interrupted: nothing unfinished was written", fg="yellow", err=True)
-            ctx.exit(130)
+            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            click.secho(f"{how}: nothing unfinished was written", fg="yellow", err=True)
+            ctx.exit(128 + signal.SIGTERM if isinstance(exc, Terminated) else 130)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,5 +99,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; SIGTERM cleans up as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(cli.main(prog_name="ebai", standalone_mode=True))

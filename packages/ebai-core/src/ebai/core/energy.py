@@ -6,6 +6,15 @@ an original and a compressed model side by side, but only the first is a measure
 result says which it is (:attr:`EnergyResult.label`) and how it was obtained
 (:attr:`EnergyResult.source`).
 
+codecarbon is an extra (``pip install 'ebai-core[energy]'``): it pulls pandas, pydantic and a
+dozen more packages that the core does not otherwise need. Without it, benchmarks print
+:data:`NOT_MEASURED` in the energy column.
+
+A single short window of an estimate is noisy (the load codecarbon samples changes with everything
+else the machine does), so comparisons use :func:`measure_energy_interleaved`: several windows per
+call, interleaved, reported as a median with its spread (:class:`EnergySpread`), and two rows whose
+spreads overlap are not told apart.
+
 The tracker runs offline: no network access (no cloud metadata, no carbon-intensity API, no
 upload) and no file written (codecarbon's CSV output is switched off), whatever the user's
 codecarbon configuration says.
@@ -16,13 +25,25 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ebai.core.errors import EbaiError, InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 
-__all__ = ["EnergyResult", "measure_energy"]
+__all__ = [
+    "NOT_MEASURED",
+    "EnergyResult",
+    "EnergySpread",
+    "energy_available",
+    "indistinct_groups",
+    "measure_energy",
+    "measure_energy_interleaved",
+]
+
+#: What the energy column says when codecarbon is not installed.
+NOT_MEASURED = f"not measured: {install_line('energy')}"
 
 logger = logging.getLogger("ebai")
 
@@ -190,7 +211,7 @@ def measure_energy(
     try:
         from codecarbon import OfflineEmissionsTracker
     except ImportError as exc:
-        msg = "pip install codecarbon"
+        msg = f"energy is measured with codecarbon, which is not installed: {install_line('energy')}"
         raise MissingDependencyError(msg) from exc
 
     for _ in range(warmup):
@@ -227,3 +248,144 @@ def measure_energy(
         logger.debug("codecarbon version unknown", exc_info=True)
     joules = float(data.energy_consumed) * _JOULES_PER_KWH
     return EnergyResult(joules_per_call=joules / calls, duration_s=duration, label=label, source=source, calls=calls)
+
+
+def energy_available() -> bool:
+    """Whether codecarbon can be imported (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("codecarbon") is not None
+
+
+@dataclass(frozen=True)
+class EnergySpread:
+    """Energy per call over several measurement windows: the median and the range around it.
+
+    Attributes
+    ----------
+    joules_per_call
+        Median over the windows of joules per call: the figure to compare by.
+    low, high
+        Least and greatest window's joules per call: the spread.
+    windows
+        Number of windows measured.
+    label, source
+        ``"measured"`` or ``"estimated"`` and how, as in :class:`EnergyResult`.
+    """
+
+    joules_per_call: float
+    low: float
+    high: float
+    windows: int
+    label: str
+    source: str
+
+    @property
+    def relative_spread(self) -> float:
+        """``(high - low) / median``: 0.1 means the windows differed by 10% of the median."""
+        return (self.high - self.low) / self.joules_per_call if self.joules_per_call > 0 else float("inf")
+
+    def overlaps(self, other: EnergySpread) -> bool:
+        """Whether the two ranges overlap: then the measurement cannot tell the two apart."""
+        return self.low <= other.high and other.low <= self.high
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form used in reports."""
+        return asdict(self)
+
+
+def measure_energy_interleaved(
+    calls: Mapping[str, Callable[[], Any]],
+    *,
+    rounds: int = 3,
+    min_duration_s: float = 1.0,
+    warmup: int = 1,
+    desc: str | None = None,
+    tracking_mode: str = "process",
+) -> dict[str, EnergySpread]:
+    """Energy per call of several calls, each over ``rounds`` windows taken in turn.
+
+    One window per call per round, as :func:`ebai.core.latency.measure_interleaved` does for time,
+    so a change in the machine's load lands on every call alike; the spread of the windows says how
+    far the figures can be trusted.
+
+    Parameters
+    ----------
+    calls
+        Name -> the work to measure, without arguments.
+    rounds
+        Windows per call, at least 2 for a spread (1 gives a zero spread).
+    min_duration_s
+        Least duration of each window (see :func:`measure_energy`).
+    warmup
+        Untimed calls of each entry before the first round.
+    desc
+        Label of a progress bar over the rounds; ``None`` shows none.
+    tracking_mode
+        As in :func:`measure_energy`.
+
+    Returns
+    -------
+    dict of str to EnergySpread
+        For each name, in the order given.
+
+    Raises
+    ------
+    MissingDependencyError
+        When codecarbon is not installed.
+    """
+    if rounds < 1 or warmup < 0:
+        msg = f"interleaved energy needs rounds >= 1 and warmup >= 0, got {rounds} and {warmup}"
+        raise InputError(msg)
+    from ebai.core.latency import interleave
+
+    windows: dict[str, list[EnergyResult]] = {name: [] for name in calls}
+    for name, fn in interleave(calls, rounds=rounds, warmup=warmup, desc=desc):
+        windows[name].append(
+            measure_energy(fn, repeats=1, warmup=0, min_duration_s=min_duration_s, tracking_mode=tracking_mode)
+        )
+    return {name: _spread(results) for name, results in windows.items()}
+
+
+def _spread(results: list[EnergyResult]) -> EnergySpread:
+    import statistics
+
+    joules = [r.joules_per_call for r in results]
+    return EnergySpread(
+        joules_per_call=float(statistics.median(joules)),
+        low=float(min(joules)),
+        high=float(max(joules)),
+        windows=len(joules),
+        label=results[-1].label,
+        source=results[-1].source,
+    )
+
+
+def indistinct_groups(spreads: Mapping[str, EnergySpread | None]) -> dict[str, str]:
+    """Letter the rows whose energies the measurement cannot tell apart.
+
+    Rows whose spreads overlap, directly or through a chain of overlaps, share a letter (``"A"``,
+    ``"B"``...); a row apart from all others gets none. Tables print the letter beside the energy
+    so that a reader does not take a difference inside the noise for a saving.
+
+    Returns
+    -------
+    dict of str to str
+        Row name -> letter, for the rows in a group of two or more only.
+    """
+    names = [n for n, s in spreads.items() if s is not None]
+    group = {n: i for i, n in enumerate(names)}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            sa, sb = spreads[a], spreads[b]
+            if sa is not None and sb is not None and sa.overlaps(sb) and group[a] != group[b]:
+                old, new = group[b], group[a]
+                group = {n: new if g == old else g for n, g in group.items()}
+    sizes: dict[int, int] = {}
+    for g in group.values():
+        sizes[g] = sizes.get(g, 0) + 1
+    letters: dict[int, str] = {}
+    for n in names:  # letters in row order
+        if sizes[group[n]] > 1 and group[n] not in letters:
+            letters[group[n]] = chr(ord("A") + len(letters) % 26)
+    return {n: letters[group[n]] for n in names if group[n] in letters}

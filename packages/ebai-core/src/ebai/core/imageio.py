@@ -17,7 +17,16 @@ from ebai.core.errors import InputError, MissingDependencyError
 from ebai.core.files import atomic_file
 from ebai.core.specs import InputSpec
 
-__all__ = ["IMAGE_SUFFIXES", "expand_inputs", "list_images", "read_image", "sample_axes", "to_sample", "write_tiff"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "expand_inputs",
+    "list_images",
+    "probe_image",
+    "read_image",
+    "sample_axes",
+    "to_sample",
+    "write_tiff",
+]
 
 #: File suffixes :func:`list_images` collects and :func:`read_image` reads.
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -96,6 +105,15 @@ def _read_png(path: Path) -> np.ndarray:
         return np.asarray(img)
 
 
+def _unreadable(path: Path, exc: BaseException) -> InputError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    kind = {".npy": "a NumPy file", ".png": "a PNG image"}.get(path.suffix.lower(), "a TIFF image")
+    if path.is_file() and path.stat().st_size == 0:
+        detail = "the file is empty"
+    msg = f"{str(path)!r} cannot be read as {kind} ({detail}): the file is damaged or truncated, replace or remove it"
+    return InputError(msg)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read one image file as a numpy array, axes as stored.
 
@@ -105,20 +123,66 @@ def read_image(path: str | Path) -> np.ndarray:
     Raises
     ------
     InputError
-        When the suffix is not one ebai reads.
+        When the suffix is not one ebai reads, or the file cannot be read (damaged, truncated,
+        empty): one line naming the file.
     MissingDependencyError
         When reading a PNG without Pillow installed.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+    if suffix not in IMAGE_SUFFIXES:
+        msg = f"{str(path)!r} is not an image ebai reads: give {', '.join(IMAGE_SUFFIXES)} files"
+        raise InputError(msg)
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
 
-        return np.asarray(tifffile.imread(path))
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".png":
+            return np.asarray(tifffile.imread(path))
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
         return _read_png(path)
+    except (MissingDependencyError, MemoryError):
+        raise
+    except Exception as exc:  # any failure to decode a user's file is the file's, named in one line
+        raise _unreadable(path, exc) from exc
+
+
+def probe_image(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an image file, from its header only (nothing is decoded).
+
+    Lets a run check every input, and the memory the largest needs, before any work.
+
+    Raises
+    ------
+    InputError
+        When the file cannot be read (damaged, truncated, empty), in one line naming it.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return tuple(int(s) for s in series.shape), np.dtype(series.dtype)
+        if suffix == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            return tuple(int(s) for s in arr.shape), arr.dtype
+        if suffix == ".png":
+            try:
+                from PIL import Image
+            except ImportError as exc:
+                msg = "pip install pillow"
+                raise MissingDependencyError(msg) from exc
+            with Image.open(path) as img:
+                bands = len(img.getbands())
+                shape = (img.height, img.width) + ((bands,) if bands > 1 else ())
+                return shape, np.dtype(np.uint16 if img.mode.startswith("I;16") else np.uint8)
+    except (MissingDependencyError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
     msg = f"{str(path)!r} is not an image ebai reads: give {', '.join(IMAGE_SUFFIXES)} files"
     raise InputError(msg)
 

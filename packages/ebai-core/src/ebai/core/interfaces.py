@@ -20,6 +20,7 @@ from ebai.core.specs import InputSpec, OutputSpec
 
 __all__ = [
     "Backend",
+    "ComparisonVariant",
     "DataSource",
     "Engine",
     "Lowering",
@@ -151,6 +152,37 @@ class Lowering:
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
+@dataclass(frozen=True)
+class ComparisonVariant:
+    """One way to run the uncompressed fp32 model on a backend, as a row to compare compressed models with.
+
+    Benchmarks (``ebai benchmark``, ``ebai demo``) lower the artifact's reference ONNX at fp32 once
+    per backend and load it once per variant, so every backend brings its own baselines: what a
+    user gets without ebai (the backend's default precision) and the model run exactly as trained.
+
+    Attributes
+    ----------
+    key
+        Short stable name, joined to the backend's: ``"f32"`` gives the row ``openvino-f32``.
+    label
+        What the row is, for people (``"OpenVINO, default precision"``).
+    options
+        Engine options passed to :meth:`Backend.load` (they override the user's).
+    precision
+        What the hardware computes in when ``options`` fix it (``"f32"``); empty when the backend
+        decides, and then the engine's ``execution_precision`` names it.
+    how
+        How the precision is obtained, for the precision column (``"INFERENCE_PRECISION_HINT=f32"``,
+        ``"OpenVINO default for fp32"``).
+    """
+
+    key: str
+    label: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    precision: str = ""
+    how: str = ""
+
+
 class Backend(ABC):
     """Lowers an fp32 ONNX model to a backend format and loads engines from it.
 
@@ -162,6 +194,11 @@ class Backend(ABC):
     name: str = ""
     #: Precisions this backend can produce.
     precisions: tuple[str, ...] = PRECISIONS
+    #: The stored precision a user gets from this backend without ebai, loaded with the engine's
+    #: default options: every compression is timed against it. What the hardware then computes in
+    #: may differ (OpenVINO runs an fp32 model in bf16 on CPUs that have it; TensorRT allows TF32);
+    #: an engine says so in an ``execution_precision`` attribute where it knows.
+    default_precision: str = "fp32"
 
     def available(self) -> str | None:
         """Return ``None`` when the backend can run here, else the reason and what to install."""
@@ -173,6 +210,14 @@ class Backend(ABC):
         The default is a single variant with default options.
         """
         return [{}]
+
+    def comparison_variants(self) -> list[ComparisonVariant]:
+        """Ways to run the uncompressed fp32 model that compressed models are compared with.
+
+        The default is none: a backend lists its forced-fp32 run and its default-precision run
+        (where they differ) so that benchmarks show them without naming the backend.
+        """
+        return []
 
     @abstractmethod
     def lower(

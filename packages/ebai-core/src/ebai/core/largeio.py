@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ebai.core.errors import InputError, MissingDependencyError, OutputExistsError
+from ebai.core.install_hints import install_line
 from ebai.core.specs import InputSpec
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: The install line of everything this module and the Dask path need.
-LARGE_INSTALL = "pip install 'ebai-core[large]'"
+LARGE_INSTALL = install_line("large")
 _ZARR_MARKERS = (".zarray", ".zgroup", ".zattrs", "zarr.json")
 #: Bytes the in-memory path holds per voxel of an image (read, sample, float64 blend, output).
 _IN_MEMORY_BYTES_PER_VOXEL = 32
@@ -82,16 +83,15 @@ def _physical_memory() -> int:
 
 
 def _voxels(path: Path) -> int:
-    """Voxels of a TIFF or NPY file, from its header; 0 when unknown."""
-    try:
-        if path.suffix.lower() == ".npy":
-            return int(np.load(path, mmap_mode="r", allow_pickle=False).size)
-        import tifffile
+    """Voxels of a TIFF or NPY file, from its header; 0 when unreadable (the in-memory path says why)."""
+    from ebai.core.errors import EbaiError
+    from ebai.core.imageio import probe_image
 
-        with tifffile.TiffFile(path) as tif:
-            return int(math.prod(tif.series[0].shape))
-    except Exception:  # unreadable here: the in-memory path reports it with its own message
+    try:
+        shape, _ = probe_image(path)
+    except EbaiError:
         return 0
+    return math.prod(shape)
 
 
 def needs_blocks(path: Path) -> bool:

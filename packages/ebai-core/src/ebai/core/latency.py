@@ -2,12 +2,15 @@
 
 Benchmarks compare engines by the median of several timed calls after a few untimed warm-up calls
 (first calls compile kernels, fill caches and allocate memory); the 95th percentile shows jitter.
+:func:`measure_interleaved` is the one timing loop every comparison in ebai uses (``ebai benchmark``,
+``ebai demo``, ``ebai report``, ``ebai sweep``): it times several calls round by round, so a change in
+the machine's load during the measurement slows every call alike instead of favouring one.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,7 +18,7 @@ import numpy as np
 
 from ebai.core.errors import InputError
 
-__all__ = ["LatencyStats", "measure_latency"]
+__all__ = ["LatencyStats", "interleave", "measure_interleaved", "measure_latency"]
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,68 @@ def measure_latency(
     if repeats < 1 or warmup < 0:
         msg = f"latency needs repeats >= 1 and warmup >= 0, got repeats={repeats} and warmup={warmup}"
         raise InputError(msg)
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = timer()
-        fn()
-        samples.append(timer() - start)
-    return LatencyStats.from_samples(samples)
+    return measure_interleaved({"call": fn}, rounds=repeats, warmup=warmup, timer=timer)["call"]
+
+
+def measure_interleaved(
+    calls: Mapping[str, Callable[[], Any]],
+    *,
+    rounds: int,
+    repeats: int = 1,
+    warmup: int = 1,
+    desc: str | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> dict[str, LatencyStats]:
+    """Time several calls in interleaved rounds: every call runs ``repeats`` times per round, in turn.
+
+    Parameters
+    ----------
+    calls
+        Name -> the work to time, without arguments (each must finish its work before returning).
+    rounds
+        Rounds over all calls, at least 1. More rounds spread each call's samples over a longer
+        time, which is what makes the comparison fair on a shared machine.
+    repeats
+        Timed calls of each entry per round, at least 1.
+    warmup
+        Untimed calls of each entry before the first round.
+    desc
+        Label of a progress bar over the rounds; ``None`` shows none.
+    timer
+        Monotonic clock in seconds; ``time.perf_counter`` unless testing.
+
+    Returns
+    -------
+    dict of str to LatencyStats
+        For each name (in the order given), the statistics of its ``rounds * repeats`` timed calls.
+    """
+    if rounds < 1 or repeats < 1 or warmup < 0:
+        msg = f"interleaved timing needs rounds >= 1, repeats >= 1 and warmup >= 0, got {rounds}, {repeats}, {warmup}"
+        raise InputError(msg)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for name, fn in interleave(calls, rounds=rounds, warmup=warmup, desc=desc):
+        for _ in range(repeats):
+            start = timer()
+            fn()
+            samples[name].append(timer() - start)
+    return {name: LatencyStats.from_samples(s) for name, s in samples.items()}
+
+
+def interleave(
+    calls: Mapping[str, Callable[[], Any]], *, rounds: int, warmup: int = 1, desc: str | None = None
+) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """Yield ``(name, fn)`` for every call in turn, ``rounds`` times, after ``warmup`` untimed calls of each.
+
+    The order every interleaved measurement (time here, energy in :mod:`ebai.core.energy`) follows;
+    ``desc`` labels a progress bar over the rounds.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    steps: Any = range(rounds)
+    if desc is not None:
+        from ebai.core.progress import progress
+
+        steps = progress(steps, desc=desc, total=rounds, unit="round")
+    for _ in steps:
+        yield from calls.items()

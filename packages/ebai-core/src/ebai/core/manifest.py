@@ -2,25 +2,51 @@
 
 ``manifest.json`` is the artifact's table of contents and its lab notebook: input/output layout,
 the pruning, fine-tuning, calibration and fidelity records, the tool versions, and the sha256 of
-every file so that a tampered or truncated artifact is refused on load.
+every file so that a tampered or truncated artifact is refused on load. The manifest carries the
+sha256 of its own content (:data:`DIGEST_KEY`), so an edited or damaged manifest is refused too.
+That catches damage, not forgery (anyone can rehash): what keeps a received artifact harmless is
+that nothing it names is ever imported or run without the user's ``--trust-source``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ebai.core.errors import ArtifactError
 from ebai.core.interfaces import Lowering
 from ebai.core.specs import InputSpec, OutputSpec
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "FidelityRecord", "Manifest", "TargetRecord"]
+__all__ = [
+    "DIGEST_KEY",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "FidelityRecord",
+    "Manifest",
+    "TargetRecord",
+    "TimingRecord",
+    "manifest_digest",
+]
 
 SCHEMA = "ebai.artifact"
-#: Bumped on any change older readers cannot understand.
-SCHEMA_VERSION = 1
+#: Bumped on any change older readers cannot understand (2: targets carry ``timing``).
+SCHEMA_VERSION = 2
+#: Key of ``manifest.json`` holding the sha256 of every other key (see :func:`manifest_digest`).
+DIGEST_KEY = "manifest_sha256"
+
+
+def manifest_digest(data: Mapping[str, Any]) -> str:
+    """Hex sha256 of a manifest's JSON content, its own :data:`DIGEST_KEY` left out.
+
+    The JSON is canonical (sorted keys, no spaces), so the digest does not depend on indentation
+    and a manifest read and written again keeps it.
+    """
+    body = {k: v for k, v in data.items() if k != DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,50 @@ class FidelityRecord:
 
 
 @dataclass(frozen=True)
+class TimingRecord:
+    """How fast a target ran against its backend's default precision, on the machine that made it.
+
+    Both were timed in the same interleaved rounds, one tile per call, so a busy neighbour slows
+    them alike; the figures hold for that machine only. ``note`` says plainly when the gain over
+    the default is too small to be worth having (empty otherwise).
+
+    Attributes
+    ----------
+    median_s
+        Median seconds per call of the target.
+    default_median_s
+        Median seconds per call of the same network run at the backend's default precision.
+    default_precision
+        What the default computes in here (``bf16`` for OpenVINO on a CPU with AVX-512 BF16).
+    speedup
+        ``default_median_s / median_s``.
+    rounds
+        Interleaved rounds timed.
+    batch_shape
+        Shape of the batch each call ran.
+    note
+        One line for the user when the gain is small, else ``""``.
+    """
+
+    median_s: float
+    default_median_s: float
+    default_precision: str
+    speedup: float
+    rounds: int
+    batch_shape: tuple[int, ...] = ()
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form."""
+        return {**asdict(self), "batch_shape": list(self.batch_shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TimingRecord:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(**{**data, "batch_shape": tuple(data.get("batch_shape", ()))})
+
+
+@dataclass(frozen=True)
 class TargetRecord:
     """One lowered model inside the artifact (one backend at one precision).
 
@@ -75,6 +145,7 @@ class TargetRecord:
     record: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] = field(default_factory=dict)
     fidelity: FidelityRecord | None = None
+    timing: TimingRecord | None = None
 
     @property
     def key(self) -> str:
@@ -126,6 +197,7 @@ class TargetRecord:
             "record": dict(self.record),
             "calibration": dict(self.calibration),
             "fidelity": self.fidelity.to_dict() if self.fidelity else None,
+            "timing": self.timing.to_dict() if self.timing else None,
         }
 
     @classmethod
@@ -135,6 +207,8 @@ class TargetRecord:
         data["files"] = tuple(data["files"])
         fid = data.get("fidelity")
         data["fidelity"] = FidelityRecord.from_dict(fid) if fid else None
+        timing = data.get("timing")
+        data["timing"] = TimingRecord.from_dict(timing) if timing else None
         return cls(**data)
 
 
@@ -210,8 +284,10 @@ class Manifest:
         }
 
     def to_json(self) -> str:
-        """Serialise to indented JSON."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        """Serialise to indented JSON, ending with the content's own sha256 (:data:`DIGEST_KEY`)."""
+        data = self.to_dict()
+        data[DIGEST_KEY] = manifest_digest(data)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:

@@ -8,15 +8,20 @@ up never imports another plugin's code, and a missing or broken one is reported 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
-from collections.abc import Callable
+import re
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
-from ebai.core.errors import BackendUnavailableError, MissingDependencyError, PluginNotFoundError
+from ebai.core.errors import BackendUnavailableError, InputError, MissingDependencyError, PluginNotFoundError
+from ebai.core.install_hints import plugin_install_line
 
 __all__ = [
     "ADAPTERS",
@@ -24,10 +29,12 @@ __all__ = [
     "CLI",
     "Availability",
     "PluginSpec",
+    "build_adapter",
     "clear_cache",
     "get_adapter",
     "get_backend",
     "get_plugin",
+    "import_object",
     "plugin_names",
 ]
 
@@ -36,20 +43,6 @@ ADAPTERS = "ebai.adapters"
 CLI = "ebai.cli"
 
 _KIND = {BACKENDS: "backend", ADAPTERS: "adapter", CLI: "command"}
-#: Where a plugin that is not installed at all comes from, for the error message.
-_KNOWN_HOMES = {
-    (BACKENDS, "openvino"): "ebai-openvino",
-    (BACKENDS, "tensorrt"): "ebai-tensorrt",
-    (ADAPTERS, "torch"): "ebai-adapters",
-    (ADAPTERS, "monai"): "ebai-adapters[monai]",
-    (ADAPTERS, "cellpose"): "ebai-adapters[cellpose]",
-    (ADAPTERS, "mmv_im2im"): "ebai-adapters[mmv_im2im]",
-    (CLI, "compress"): "ebai-compress",
-    (ADAPTERS, "task"): "ebai-tasks",
-    (CLI, "demo"): "ebai-tasks",
-    (CLI, "report"): "ebai-tasks",
-    (CLI, "sweep"): "ebai-tasks",
-}
 
 
 @dataclass(frozen=True)
@@ -128,18 +121,75 @@ class PluginSpec:
 
     def load(self) -> Any:
         """Import and return the implementation; a missing dependency names its install line."""
-        module_name, _, attr = self.target.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            return import_object(self.target)
         except ImportError as exc:
             if isinstance(exc, MissingDependencyError):
                 raise
             msg = f"{self.name!r} cannot be imported ({exc}): {self.install_line}"
             raise MissingDependencyError(msg) from exc
-        obj: Any = module
-        for part in attr.split(".") if attr else ():
-            obj = getattr(obj, part)
-        return obj
+
+
+def import_object(ref: str) -> Any:
+    """Return the object named by ``package.module:attr`` or ``path/to/file.py:attr``.
+
+    The one ``module:attr`` resolver of ebai: entry-point targets, model factories
+    (``ebai compress model.py:build``) and fine-tuning callbacks all go through it. The attribute
+    may be dotted (``module:Class.build``) or empty (the module itself). A ``.py`` file is imported
+    once under a name made from its path, with its folder importable meanwhile so that its own
+    sibling imports work.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a ``.py`` file is named and does not exist.
+    ImportError
+        When the module cannot be imported (as Python raised it, so callers can name the install).
+    AttributeError
+        When the module has no such attribute.
+    """
+    left, sep, attr = ref.rpartition(":")
+    if not sep:
+        left, attr = ref, ""
+    if left.endswith(".py"):
+        path = Path(left).expanduser()
+        if not path.is_file():
+            msg = f"no such Python file: {left!r}"
+            raise FileNotFoundError(msg)
+        obj: Any = _import_file(path)
+    else:
+        obj = importlib.import_module(left)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import_file(path: Path) -> Any:
+    """Import a Python file as a uniquely named module (its folder is importable meanwhile)."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"_ebai_user_{stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        msg = f"{str(path)!r} cannot be imported as Python: give a .py file"
+        raise ImportError(msg)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        if added:
+            sys.path.remove(folder)
+    return module
 
 
 @cache
@@ -163,9 +213,9 @@ def entry_point(group: str, name: str) -> EntryPoint:
     eps = _entry_points(group)
     if name not in eps:
         kind = _KIND.get(group, "plugin")
-        home = _KNOWN_HOMES.get((group, name))
+        home = plugin_install_line(group, name)
         if home:
-            msg = f"{kind} {name!r} is not installed: pip install {home}"
+            msg = f"{kind} {name!r} is not installed: {home}"
             raise PluginNotFoundError(msg)
         known = ", ".join(sorted(eps)) or "none"
         msg = f"unknown {kind} {name!r}: installed {kind}s are {known}"
@@ -211,3 +261,37 @@ def get_adapter(name: str) -> Any:
         msg = f"adapter {name!r} needs: {spec.install_line}"
         raise MissingDependencyError(msg)
     return spec.load()
+
+
+def build_adapter(description: Mapping[str, Any] | str, config: Mapping[str, Any] | None = None) -> Any:
+    """Rebuild an adapter from its description (a manifest's ``source``), or from a name and its config.
+
+    The one way ebai rebuilds an adapter (``ebai.adapters.build_adapter`` is this function). The
+    class is looked up in the ``ebai.adapters`` entry-point group, so only installed code runs: a
+    third-party tool's adapter is rebuilt as readily as a built-in one, and a missing tool raises
+    :class:`~ebai.core.MissingDependencyError` with its ``pip install`` line. The settings are only
+    passed to the adapter's constructor, which builds pre/post-processing; the network the settings
+    name is built by ``load_module`` alone, which ebai calls on a manifest's adapter only when the
+    user passes ``--trust-source``.
+
+    Parameters
+    ----------
+    description
+        ``{"adapter": name, "config": {...}}`` (a manifest's ``source``), or the adapter name.
+    config
+        Settings when ``description`` is a name, or settings that override the description's.
+    """
+    if isinstance(description, str):
+        name, settings = description, dict(config or {})
+    else:
+        if not isinstance(description, Mapping) or "adapter" not in description:
+            shown = dict(description) if isinstance(description, Mapping) else description
+            msg = f"adapter description {shown!r} names no adapter: it needs an 'adapter' key"
+            raise InputError(msg)
+        settings = description.get("config") or {}
+        if not isinstance(settings, Mapping):
+            msg = f"adapter description's config is a {type(settings).__name__}, not a mapping of settings"
+            raise InputError(msg)
+        name, settings = description["adapter"], {**settings, **(config or {})}
+    cls = get_adapter(str(name))
+    return cls.from_config(settings)

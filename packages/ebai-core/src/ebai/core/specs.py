@@ -13,10 +13,11 @@ import numpy as np
 
 from ebai.core.errors import InputError
 
-__all__ = ["InputSpec", "Normalization", "OutputSpec"]
+__all__ = ["NORMALIZATIONS", "InputSpec", "Normalization", "OutputSpec"]
 
 _SPATIAL = "tzyx"
-_NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
+#: Kinds of intensity normalisation (:class:`Normalization`), the one list the CLI options offer too.
+NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class Normalization:
     high: float = 99.8
 
     def __post_init__(self) -> None:
-        if self.kind not in _NORMALIZATIONS:
-            msg = f"unknown normalisation {self.kind!r}: use one of {', '.join(_NORMALIZATIONS)}"
+        if self.kind not in NORMALIZATIONS:
+            msg = f"unknown normalisation {self.kind!r}: use one of {', '.join(NORMALIZATIONS)}"
             raise InputError(msg)
         if self.kind == "percentile" and not 0 <= self.low < self.high <= 100:
             msg = f"percentile normalisation needs 0 <= low < high <= 100, got {self.low} and {self.high}"
@@ -72,10 +73,10 @@ class Normalization:
         if self.kind == "none":
             return x
         shape = (-1,) + (1,) * (x.ndim - 1)
-        scale = np.maximum(hi - lo, 1e-8).reshape(shape)
-        out = x - np.asarray(lo).reshape(shape)
-        out /= scale  # in place: large blocks hold one copy of the sample, not three
-        return out.astype(np.float32, copy=False)
+        scale = np.maximum(hi - lo, 1e-8).reshape(shape).astype(np.float32)
+        out = np.subtract(x, np.asarray(lo).reshape(shape).astype(np.float32), dtype=np.float32)
+        out /= scale  # in place: one image-sized array on top of the input, not three
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form stored in manifests."""

@@ -10,7 +10,8 @@ Three properties the rest of ebai relies on:
 - the callable always receives ``(N, C, *tile)`` with the tile rounded up to the model's divisor:
   engines compiled for a static spatial shape work; images smaller than the tile are padded;
 - an image of exactly the tile shape gives bit-for-bit the direct call's output, and an identity
-  callable gives back the input exactly (blending accumulates in float64);
+  callable gives back the input to float32 rounding (relative error at most
+  :data:`BLEND_RTOL`; blending accumulates in float32, in place);
 - every pixel gets a positive total weight: a tile edge that lies on the image border keeps full
   weight up to the border (only edges shared with a neighbouring tile are faded), so there is no
   division by zero and no loss of confidence at the border.
@@ -28,7 +29,7 @@ import numpy as np
 from ebai.core.errors import InputError
 from ebai.core.progress import progress
 
-__all__ = ["BLENDINGS", "PAD_MODES", "predict_tiled", "tile_starts"]
+__all__ = ["BLENDINGS", "BLEND_RTOL", "PAD_MODES", "blend_bytes", "predict_tiled", "tile_starts"]
 
 logger = logging.getLogger("ebai")
 
@@ -36,6 +37,10 @@ logger = logging.getLogger("ebai")
 BLENDINGS = ("gaussian", "linear", "constant")
 #: ``numpy.pad`` modes used to pad an image smaller than the tile.
 PAD_MODES = ("reflect", "symmetric", "edge", "constant")
+
+#: Largest relative error blending adds to a tile's value (an identity model's output vs its
+#: input): a few float32 roundings per overlapping tile, well below any model's own error.
+BLEND_RTOL = 1e-5
 
 #: Gaussian sigma as a fraction of the tile size (as nnU-Net and MONAI use).
 _SIGMA_SCALE = 1.0 / 8.0
@@ -200,8 +205,12 @@ def predict_tiled(
 
     Notes
     -----
-    Blending accumulates in float64 (memory: about 8 bytes per output voxel and channel, plus 8 per
-    voxel for the weights), which is what makes an identity model reproduce its input exactly.
+    Blending accumulates in float32, in place, in the array that is returned: memory is 4 bytes
+    per output voxel and channel on top of the (padded) input, see :func:`blend_bytes`. The
+    weights are products of one profile per axis and the tiles lie on a grid, so their sum is the
+    product of per-axis sums and is never held as a full array. An image of exactly the tile shape
+    gets weight 1 everywhere, so its output is the direct call's, bit for bit; elsewhere an identity
+    model gives back its input within :data:`BLEND_RTOL` (relative).
     """
     image = np.asarray(image, dtype=np.float32)
     tile_shape = _check(image, tile, overlap, blending, batch_size, divisor, pad_mode)
@@ -222,15 +231,26 @@ def predict_tiled(
     bases = [_profile(t, int(r), blending) for t, r in zip(tile_shape, ramps, strict=True)]
     corners = list(product(*starts))
 
-    # a tile's weights depend only on which of its sides lie on the image border (flattened there)
-    weights: dict[tuple[tuple[bool, bool], ...], np.ndarray] = {}
+    # a tile's weights are a product of one profile per axis, which depends only on whether that
+    # side lies on the image border (flattened there); so is their sum over the tile grid
+    profiles = [
+        {c: _border_flat(base, c == 0, c + t == size).astype(np.float32) for c in st}
+        for base, st, t, size in zip(bases, starts, tile_shape, full, strict=True)
+    ]
+    axis_sums = []
+    for prof, st, t, size in zip(profiles, starts, tile_shape, full, strict=True):
+        total = np.zeros(size, dtype=np.float32)
+        for c in st:
+            total[c : c + t] += prof[c]
+        axis_sums.append(total)
+    weights: dict[tuple[tuple[bool, bool], ...], np.ndarray] = {}  # at most 4 per axis combination
 
     def tile_weight(corner: tuple[int, ...]) -> np.ndarray:
         key = tuple((c == 0, c + t == size) for c, t, size in zip(corner, tile_shape, full, strict=True))
         if key not in weights:
-            w = np.ones(())
-            for base, (at_start, at_end) in zip(bases, key, strict=True):
-                w = np.multiply.outer(w, _border_flat(base, at_start, at_end))
+            w = np.ones((), dtype=np.float32)
+            for prof, c in zip(profiles, corner, strict=True):
+                w = np.multiply.outer(w, prof[c])
             weights[key] = w
         return weights[key]
 
@@ -242,7 +262,6 @@ def predict_tiled(
         outputs = progress(outputs, desc=progress_desc, total=n_batches, unit="batch")
 
     acc: np.ndarray | None = None
-    weight_sum = np.zeros(full, dtype=np.float64)
     done = 0
     for out in outputs:
         out = np.asarray(out)
@@ -255,17 +274,35 @@ def predict_tiled(
             )
             raise InputError(msg)
         if acc is None:
-            acc = np.zeros((out.shape[1], *full), dtype=np.float64)
+            acc = np.zeros((out.shape[1], *full), dtype=np.float32)
         for k, corner in enumerate(chunk):
             region = tuple(slice(c, c + t) for c, t in zip(corner, tile_shape, strict=True))
-            w = tile_weight(corner)
-            acc[(slice(None), *region)] += out[k] * w
-            weight_sum[region] += w
+            view = acc[(slice(None), *region)]
+            view += out[k].astype(np.float32, copy=False) * tile_weight(corner)
         done += len(chunk)
     if acc is None or done != len(corners):
         msg = f"the model returned results for {done} of {len(corners)} tiles: an engine's infer_many must yield one output per batch"
         raise InputError(msg)
 
     crop = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
-    result = acc[(slice(None), *crop)] / weight_sum[crop]
-    return result.astype(np.float32)
+    result = acc[(slice(None), *crop)]
+    if result.shape != acc.shape:
+        result = np.ascontiguousarray(result)  # padding cropped off: a small image, a small copy
+    del acc
+    ndim = len(full)
+    for axis, (total, sl) in enumerate(zip(axis_sums, crop, strict=True)):
+        shape = [1] * (ndim + 1)
+        shape[axis + 1] = -1
+        if np.any(total[sl] != 1.0):
+            result /= total[sl].reshape(shape)
+    return result
+
+
+def blend_bytes(image_shape: Sequence[int], out_channels: int) -> int:
+    """Bytes :func:`predict_tiled` allocates for an image of ``image_shape`` ``(C, *spatial)``.
+
+    The float32 input copy (none when the image is float32 already) and the float32 output,
+    without the small per-batch tile buffers; callers add the model's own memory.
+    """
+    voxels = math.prod(int(s) for s in image_shape[1:])
+    return 4 * voxels * (int(image_shape[0]) + int(out_channels))

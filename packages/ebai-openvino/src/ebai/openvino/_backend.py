@@ -15,7 +15,8 @@ import numpy as np
 
 from ebai.core.artifact import package_versions
 from ebai.core.errors import InputError
-from ebai.core.interfaces import Backend, Engine, Lowering, Metric
+from ebai.core.install_hints import install_line
+from ebai.core.interfaces import Backend, ComparisonVariant, Engine, Lowering, Metric
 from ebai.core.specs import InputSpec
 from ebai.openvino._conversion import IR_XML, convert_onnx, save_ir
 from ebai.openvino._deconvolution import rewrite_transposed_convolutions
@@ -61,7 +62,7 @@ class OpenVINOBackend(Backend):
             ov = require_openvino()
             devices = ov.Core().available_devices
         except Exception as exc:
-            return f"OpenVINO cannot start ({exc}): pip install ebai-openvino"
+            return f"OpenVINO cannot start ({exc}): {install_line('openvino')}"
         return None if "CPU" in devices else f"OpenVINO sees no CPU device (devices: {devices})"
 
     def variants(self, precision: str) -> list[dict[str, Any]]:
@@ -73,6 +74,19 @@ class OpenVINOBackend(Backend):
         if precision == "int8":
             return [{"preset": "mixed"}, {"preset": "performance"}]
         return [{}]
+
+    def comparison_variants(self) -> list[ComparisonVariant]:
+        """Return the fp32 model forced to f32, and at OpenVINO's default precision (bf16 on CPUs with it).
+
+        The default is what a user gets from OpenVINO without ebai, so a compression that is no
+        faster than it buys nothing; the forced f32 row is the model exactly as trained.
+        """
+        return [
+            ComparisonVariant("f32", "OpenVINO", {"inference_precision": "f32"}, "f32", "INFERENCE_PRECISION_HINT=f32"),
+            ComparisonVariant(
+                "default", "OpenVINO, default precision", {"inference_precision": None}, "", "OpenVINO default for fp32"
+            ),
+        ]
 
     def _check_precision(self, precision: str) -> None:
         if precision not in self.precisions:

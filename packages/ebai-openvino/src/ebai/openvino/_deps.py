@@ -5,10 +5,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from ebai.core.errors import MissingDependencyError
+from ebai.core.install_hints import install_line
 
 __all__ = ["require_nncf", "require_openvino"]
 
-_INSTALL = "pip install ebai-openvino  (or: pip install 'openvino>=2025.0' 'nncf>=2.16')"
+_INSTALL = f"{install_line('openvino')}  (or: pip install 'openvino>=2025.0' 'nncf>=2.16')"
 
 
 def require_openvino() -> ModuleType:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import PluginSpec
 
 backend = PluginSpec(
@@ -9,5 +10,5 @@ backend = PluginSpec(
     package="ebai-openvino",
     target="ebai.openvino._backend:OpenVINOBackend",
     requires=("openvino", "nncf"),
-    install="pip install ebai-openvino",
+    install=install_line("openvino"),
 )

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ebai.core.install_hints import install_line
 from ebai.core.specs import Normalization
 from ebai.tasks import _synthetic as syn
 from ebai.tasks._task import PearsonTask, TrainingPlan
@@ -40,7 +41,7 @@ class LabelFreeTask(PearsonTask):
     test_count = 2
     stream = 3
     requires = ("torch", "safetensors")
-    install = "pip install ebai-tasks"
+    install = install_line("tasks")
     # pruned 50%, Pearson to the original after distillation: 0.70 at 40 steps, 0.85 at 200, 0.92 at 300, 0.94 at 500
     min_distill_steps = 400
     plan = TrainingPlan(samples=24, shape=(32, 96, 96), crop=(16, 64, 64), steps=1500, batch=2, lr=2e-3)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ebai.core.install_hints import install_line
 from ebai.core.specs import Normalization
 from ebai.tasks import _synthetic as syn
 from ebai.tasks._task import Task, TrainingPlan
@@ -47,7 +48,7 @@ class NucleiTask(Task):
     test_count = 4
     stream = 2
     requires = ("torch", "cellpose", "fastremap", "safetensors")
-    install = "pip install 'ebai-tasks[cellpose]'"
+    install = install_line("tasks-cellpose")
     guard_metric = "ap50"
     guard_thresholds = (0.8, 0.7)
     # pruned 50%: AP50 vs the original 0.0 after 40 distillation steps, 0.96 after 150, 0.97 after 400

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import PluginSpec
 
 __all__ = ["task"]
@@ -11,5 +12,5 @@ task = PluginSpec(
     package="ebai-tasks",
     target="ebai.tasks._adapter:TaskAdapter",
     requires=("torch", "monai", "safetensors"),
-    install="pip install ebai-tasks",
+    install=install_line("tasks"),
 )

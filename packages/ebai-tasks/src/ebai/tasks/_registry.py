@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from functools import cache
 from typing import TYPE_CHECKING
 
 from ebai.core.errors import InputError
+from ebai.core.plugins import import_object
 
 if TYPE_CHECKING:
     from ebai.tasks._task import Task
@@ -31,5 +31,4 @@ def get_task(name: str) -> Task:
     if key not in _TASKS:
         msg = f"unknown task {name!r}: use one of {', '.join(TASK_NAMES)}"
         raise InputError(msg)
-    module, _, cls = _TASKS[key].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return import_object(_TASKS[key])()

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from ebai.core.files import atomic_dir
-from ebai.tasks._benchmark import BASELINES, TaskTable
+from ebai.core.install_hints import install_line
+from ebai.tasks._table import BASELINES, Row, TaskTable
 
-__all__ = ["format_table", "plot_slices", "plot_table", "report_markdown", "write_report"]
+__all__ = ["energy_note", "format_table", "plot_slices", "plot_table", "report_markdown", "write_report"]
 
-_REPORT_INSTALL = "pip install 'ebai-tasks[report]'"
+_REPORT_INSTALL = install_line("tasks-report")
 #: Rows shown in the slice figure (the paper's Fig. 3: input, ground truth, fp32, int8), in order.
 _SLICE_ROWS = (
     ("torch", "PyTorch fp32"),
@@ -40,6 +41,16 @@ def _ratio(value: float | None) -> str:
 
 def _params(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f} M"
+
+
+def _energy(row: Row) -> str:
+    """Median joules per tile, half the spread of the windows, and the letter of rows it cannot tell apart."""
+    if row.energy_j is None:
+        return "-"
+    text = f"{row.energy_j:.2f} J"
+    if row.energy_low_j is not None and row.energy_high_j is not None:
+        text += f" +-{(row.energy_high_j - row.energy_low_j) / 2:.2f}"
+    return text + (f" ~{row.energy_same_as}" if row.energy_same_as else "")
 
 
 def format_table(table: TaskTable) -> str:
@@ -67,7 +78,7 @@ def format_table(table: TaskTable) -> str:
                 _params(r.parameters),
                 _ms(r.latency_s),
                 f"{r.volume_s:.1f} s",
-                "-" if r.energy_j is None else f"{r.energy_j:.2f} J",
+                _energy(r),
                 f"{r.accuracy:.4f}",
                 *[_ratio(table.speedup(r, b)) for b in BASELINES],
                 *[_ratio(table.energy_saving(r, b)) for b in BASELINES],
@@ -103,7 +114,7 @@ def _notes(table: TaskTable) -> list[str]:
     out = [
         f"- Latency: median of {table.settings.get('rounds')} interleaved rounds, one tile per call, after warm-up; "
         "volume: one tiled pass over the held-out volume (normalisation, tiling and post-processing included).",
-        f"- Energy: {table.energy_label} ({table.energy_source}).",
+        f"- Energy: {table.energy_label} ({table.energy_source}); {energy_note(table)}",
         "- Precision: what is stored and what the CPU computes in. OpenVINO's default on this CPU is shown as its own "
         "row because it is what a user gets without ebai; 'OV f32' forces INFERENCE_PRECISION_HINT=f32.",
         f"- Accuracy: {table.metric} of each model's result against the synthetic ground truth.",
@@ -128,6 +139,24 @@ def _notes(table: TaskTable) -> list[str]:
                     f"{'passed' if fid.get('passed') else 'FAILED'}."
                 )
     return out
+
+
+def energy_note(table: TaskTable) -> str:
+    """How energy was measured and which rows it cannot tell apart, in one sentence."""
+    if all(r.energy_j is None for r in table.rows):
+        return "no energy column."
+    rounds, seconds = table.settings.get("energy_rounds"), table.settings.get("energy_seconds")
+    text = (
+        f"median of {rounds} interleaved windows of at least {seconds} s per model, +- half the range of the windows."
+    )
+    groups: dict[str, list[str]] = {}
+    for r in table.rows:
+        if r.energy_same_as:
+            groups.setdefault(r.energy_same_as, []).append(r.label)
+    for letter, labels in groups.items():
+        named = " and ".join(f"'{label}'" for label in labels)
+        text += f" ~{letter}: {named} lie within each other's spread; their energies are not told apart."
+    return text
 
 
 def _guard_value(fid: dict[str, Any]) -> float:

@@ -21,19 +21,13 @@ from typing import Any
 import numpy as np
 
 from ebai.core.files import atomic_dir
+from ebai.core.install_hints import install_line
 from ebai.core.progress import progress
 from ebai.tasks._adapter import TaskAdapter
-from ebai.tasks._benchmark import (
-    BenchSettings,
-    _accuracy_pass,
-    _recipe,
-    _Variant,
-    distill_steps,
-    held_out_volume,
-    machine,
-    require_compression,
-)
+from ebai.tasks._benchmark import accuracy_pass, machine
+from ebai.tasks._settings import BenchSettings, distill_steps, held_out_volume
 from ebai.tasks._task import CALIBRATION_SEED, TEST_SEED, Task
+from ebai.tasks._variants import Variant, recipe, require_compression
 
 __all__ = ["SweepPoint", "SweepResult", "SweepSettings", "format_sweep", "run_sweep", "write_sweep"]
 
@@ -122,21 +116,19 @@ class SweepResult:
 def _paired(
     base: Callable[[], Any], point: Callable[[], Any], rounds: int, energy: bool, seconds: float
 ) -> tuple[float, float, float | None, float | None, str, str]:
-    """Latency (baseline, point) medians interleaved call by call, and energies measured back to back."""
-    from ebai.core.energy import measure_energy
-    from ebai.core.latency import LatencyStats, measure_latency
+    """Latency (baseline, point) medians interleaved call by call, and energies in interleaved windows."""
+    from ebai.core.energy import NOT_MEASURED, energy_available, measure_energy_interleaved
+    from ebai.core.latency import measure_interleaved
 
-    measure_latency(base, warmup=1, repeats=1)
-    measure_latency(point, warmup=1, repeats=1)
-    b, p = [], []
-    for _ in range(rounds):
-        b.append(measure_latency(base, warmup=0, repeats=1).median_s)
-        p.append(measure_latency(point, warmup=0, repeats=1).median_s)
-    lb, lp = LatencyStats.from_samples(b).median_s, LatencyStats.from_samples(p).median_s
+    calls = {"base": base, "point": point}
+    latency = measure_interleaved(calls, rounds=rounds, warmup=1)
+    lb, lp = latency["base"].median_s, latency["point"].median_s
     if not energy:
         return lb, lp, None, None, "not measured", "energy measurement switched off"
-    eb = measure_energy(base, repeats=2, warmup=0, min_duration_s=seconds)
-    ep = measure_energy(point, repeats=2, warmup=0, min_duration_s=seconds)
+    if not energy_available():
+        return lb, lp, None, None, "not measured", NOT_MEASURED.removeprefix("not measured: ")
+    spreads = measure_energy_interleaved(calls, rounds=2, min_duration_s=seconds, warmup=0)
+    eb, ep = spreads["base"], spreads["point"]
     return lb, lp, eb.joules_per_call, ep.joules_per_call, ep.label, ep.source
 
 
@@ -167,9 +159,9 @@ def run_sweep(
         Called with a line saying what is being done.
     """
     from ebai.compress import compress
+    from ebai.core.comparison import baseline_engines
     from ebai.core.data import ArraySource
     from ebai.core.errors import FidelityError
-    from ebai.core.plugins import get_backend
 
     require_compression()
     settings = settings or SweepSettings.full()
@@ -182,8 +174,8 @@ def run_sweep(
     images, _ = task.make_samples(settings.user_images, CALIBRATION_SEED, task.shape)
     data = ArraySource(list(images))
     module = adapter.load_module()
-    fp32_acc, _, _, _ = _accuracy_pass(
-        task, adapter, _Variant("torch", "", "CPU", "fp32", adapter.torch_infer(module)), inputs, targets
+    fp32_acc, _, _, _ = accuracy_pass(
+        task, adapter, Variant("torch", "", "CPU", "fp32", adapter.torch_infer(module)), inputs, targets
     )
     tile = adapter.preprocess(np.asarray(inputs[0]))[(slice(None), *[slice(0, t) for t in task.tile])]
     batch = np.ascontiguousarray(tile[np.newaxis], dtype=np.float32)
@@ -197,18 +189,11 @@ def run_sweep(
             user_images=settings.user_images, calibration=settings.calibration, guard_tiles=settings.guard_tiles
         )
         art = compress(
-            adapter, data, _recipe(task, base_settings, pruned=False, targets={"openvino": "int8"}), work / "int8.ebai"
+            adapter, data, recipe(task, base_settings, pruned=False, targets={"openvino": "int8"}), work / "int8.ebai"
         )
-        backend = get_backend("openvino")
-        (work / "fp32").mkdir()
-        lowering = backend.lower(
-            art.file(art.manifest.reference),
-            work / "fp32",
-            precision="fp32",
-            input_spec=adapter.input_spec,
-            calibration=[],
-        )
-        with backend.load(work / "fp32", lowering, inference_precision="f32") as f32:
+        reference = art.file(art.manifest.reference)
+        with baseline_engines(reference, adapter.input_spec, ["openvino"]) as baselines:
+            f32 = next(b.engine for b in baselines if b.variant.key == "f32")
             for method, ratio in progress(grid, desc=f"{task.name}: sweep", unit="point"):
                 point_settings = BenchSettings(
                     user_images=settings.user_images,
@@ -223,10 +208,10 @@ def run_sweep(
                     say(
                         f"[{task.name}] {method.upper()} {ratio:.0%}: prune, distil {distill_steps(task, point_settings)} steps, int8"
                     )
-                    recipe = _recipe(task, point_settings, pruned=True, targets={"openvino": "int8"})
-                    recipe = recipe.updated({"fidelity": {"threshold": _SWEEP_GUARD}})
+                    point_recipe = recipe(task, point_settings, pruned=True, targets={"openvino": "int8"})
+                    point_recipe = point_recipe.updated({"fidelity": {"threshold": _SWEEP_GUARD}})
                     try:
-                        point_art = compress(adapter, data, recipe, folder)
+                        point_art = compress(adapter, data, point_recipe, folder)
                     except FidelityError as exc:
                         nan = float("nan")
                         points.append(
@@ -238,8 +223,8 @@ def run_sweep(
                 pruning = point_art.manifest.pruning or {}
                 tuning = point_art.manifest.fine_tuning or {}
                 with point_art.load_engine("openvino", "int8") as engine:
-                    variant = _Variant(f"{method}-{ratio:g}", method, "CPU", "int8", engine.infer)
-                    acc, _, _, _ = _accuracy_pass(task, adapter, variant, inputs, targets)
+                    variant = Variant(f"{method}-{ratio:g}", method, "CPU", "int8", engine.infer)
+                    acc, _, _, _ = accuracy_pass(task, adapter, variant, inputs, targets)
                     lb, lp, eb, ep, label, source = _paired(
                         lambda: f32.infer(batch),
                         lambda: engine.infer(batch),
@@ -388,7 +373,7 @@ def write_sweep(
         ]
         lines += [f"![{name}]({name})" for name in images]
         if not images:
-            lines.append("The plot was not made because matplotlib is missing: pip install 'ebai-tasks[report]'")
+            lines.append(f"The plot was not made because matplotlib is missing: {install_line('tasks-report')}")
         errors = [p for p in result.points if p.error]
         for p in errors:
             lines.append(f"- {p.method.upper()} {p.ratio}: {p.error}")

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
 __all__ = ["CALIBRATION_SEED", "TEST_SEED", "TRAIN_SEED", "PearsonTask", "Task", "TrainingPlan", "standardize"]
@@ -120,7 +121,7 @@ class Task(ABC):
     stream: ClassVar[int]
     plan: ClassVar[TrainingPlan]
     requires: ClassVar[tuple[str, ...]] = ("torch", "monai", "safetensors")
-    install: ClassVar[str] = "pip install ebai-tasks"
+    install: ClassVar[str] = install_line("tasks")
     guard_metric: ClassVar[str] = "pearson"
     guard_thresholds: ClassVar[tuple[float, float]] = (0.95, 0.9)
     min_distill_steps: ClassVar[int] = 0

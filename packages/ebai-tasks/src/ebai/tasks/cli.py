@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from ebai.core.errors import InputError
+from ebai.core.install_hints import install_line
 
 __all__ = ["demo", "report", "sweep"]
 
@@ -48,13 +49,14 @@ def _report_options(default: str, help_output: str) -> Callable[[Callable[..., A
 
 
 def _echo_table(table: Any) -> None:
-    from ebai.tasks._report import format_table
+    from ebai.tasks._report import energy_note, format_table
 
     click.echo()
     click.echo(
         f"{table.title}: held-out volume {'x'.join(map(str, table.volume))}, tile {'x'.join(map(str, table.tile))}"
     )
     click.echo(format_table(table))
+    click.echo(f"energy: {table.energy_label} ({table.energy_source}); {energy_note(table)}")
 
 
 def _split(value: str, what: str) -> list[str]:
@@ -92,9 +94,11 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     PyTorch and OpenVINO's own default.
     """
     from ebai.core.files import check_output
-    from ebai.tasks._benchmark import BenchSettings, measure_task, require_compression
+    from ebai.tasks._benchmark import measure_task
     from ebai.tasks._registry import get_task
     from ebai.tasks._report import write_report
+    from ebai.tasks._settings import BenchSettings
+    from ebai.tasks._variants import require_compression
 
     check_output(output, overwrite)
     require_compression()
@@ -103,7 +107,6 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     started = time.perf_counter()
     table = measure_task(task, settings, energy=not no_energy, status=_status)
     _echo_table(table)
-    click.echo(f"energy: {table.energy_label} ({table.energy_source})")
     folder, images = write_report(
         output,
         [table],
@@ -111,7 +114,7 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
         command=_command_line(),
         overwrite=overwrite,
     )
-    extra = f" and {len(images)} PNG plots" if images else " (no PNG plots: pip install 'ebai-tasks[report]')"
+    extra = f" and {len(images)} PNG plots" if images else f" (no PNG plots: {install_line('tasks-report')})"
     click.echo(f"report: {folder}/README.md{extra}; took {time.perf_counter() - started:.0f} s")
 
 
@@ -127,9 +130,11 @@ def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bo
     CPU rows always; GPU rows when the TensorRT backend is available here.
     """
     from ebai.core.files import check_output
-    from ebai.tasks._benchmark import BenchSettings, measure_task, require_compression
+    from ebai.tasks._benchmark import measure_task
     from ebai.tasks._registry import get_task
     from ebai.tasks._report import write_report
+    from ebai.tasks._settings import BenchSettings
+    from ebai.tasks._variants import require_compression
 
     check_output(output, overwrite)
     chosen = [get_task(name) for name in _split(tasks, "--tasks")]
@@ -143,8 +148,6 @@ def report(tasks: str, quick: bool, output: Path, overwrite: bool, no_energy: bo
         table = measure_task(task, settings, energy=not no_energy, status=_status)
         tables.append(table)
         _echo_table(table)
-    if tables:
-        click.echo(f"energy: {tables[-1].energy_label} ({tables[-1].energy_source})")
     folder, images = write_report(
         output,
         tables,
@@ -171,9 +174,9 @@ def sweep(
     OpenVINO at f32.
     """
     from ebai.core.files import check_output
-    from ebai.tasks._benchmark import require_compression
     from ebai.tasks._registry import get_task
     from ebai.tasks._sweep import SweepSettings, format_sweep, run_sweep, write_sweep
+    from ebai.tasks._variants import require_compression
 
     check_output(output, overwrite)
     task = get_task(task_name)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ebai.core.errors import MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.core.interfaces import Metric
 from ebai.tensorrt._qdq import describe_qdq
 
@@ -24,7 +25,7 @@ def run_onnx(path: Path, batch: np.ndarray, threads: int = 2) -> np.ndarray:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        msg = f"scoring a lowered model needs onnxruntime ({exc}): pip install ebai-tensorrt"
+        msg = f"scoring a lowered model needs onnxruntime ({exc}): {install_line('tensorrt-lowering')}"
         raise MissingDependencyError(msg) from exc
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

@@ -11,6 +11,11 @@ sha256 of the ONNX it was built from, the build settings and the sha256 of the e
 name carries a hash of the same fields, and the header is compared field by field before TensorRT
 ever sees the bytes: an engine from another GPU or TensorRT version is never deserialized, and a
 damaged one is rebuilt rather than handed to TensorRT.
+
+A header can be forged along with its engine (deserializing an engine runs its plugins' code), so
+an engine is also only used when this user's machine built it: every engine written is recorded by
+its sha256 in the user cache (``tensorrt/built/``), and a cache file whose engine is not recorded
+there (one shipped inside a received artifact's ``cache/``) is rebuilt, never deserialized.
 """
 
 from __future__ import annotations
@@ -98,8 +103,23 @@ class EngineStore:
         first writable one.
     """
 
-    def __init__(self, directories: Sequence[Path]) -> None:
+    def __init__(self, directories: Sequence[Path], ledger: Path | None = None) -> None:
         self.directories = [Path(d) for d in directories]
+        #: Folder holding one empty file per engine sha256 this user built (see the module docstring).
+        self.ledger = Path(ledger) if ledger is not None else user_cache_dir() / "tensorrt" / "built"
+
+    def built_here(self, engine_sha256: str) -> bool:
+        """Whether an engine with this sha256 was written by :meth:`write` for this user."""
+        return bool(re.fullmatch(r"[0-9a-f]{64}", engine_sha256)) and (self.ledger / engine_sha256).is_file()
+
+    def _record(self, engine_sha256: str) -> None:
+        try:
+            self.ledger.mkdir(parents=True, exist_ok=True)
+            (self.ledger / engine_sha256).touch()
+        except OSError as exc:
+            logger.warning(
+                "cannot record the built TensorRT engine in %s (%s): it will be rebuilt next time", self.ledger, exc
+            )
 
     @staticmethod
     def file_name(stem: str, identity: DeviceIdentity, key: str) -> str:
@@ -148,6 +168,11 @@ class EngineStore:
         for directory in self.directories:
             path = directory / name
             engine, header, reason = self.read(path, expected)
+            if engine is not None and not self.built_here(str(header.get("engine_sha256", ""))):
+                engine, reason = (
+                    None,
+                    "it was not built on this machine (an engine from elsewhere is never deserialized)",
+                )
             if engine is not None:
                 return engine, header, path
             if reason != "absent":
@@ -172,6 +197,7 @@ class EngineStore:
             except OSError as exc:
                 logger.info("cannot write the TensorRT engine cache in %s (%s); trying the next place", directory, exc)
                 continue
+            self._record(full["engine_sha256"])
             return path
         logger.warning(
             "no writable place for the TensorRT engine cache (%s): the engine will be rebuilt next time",

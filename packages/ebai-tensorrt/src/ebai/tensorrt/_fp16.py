@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ebai.core.errors import MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.tensorrt._onnx_io import save_model
 
 __all__ = ["FP16_MAX", "FP16_MIN_POSITIVE", "convert_fp16"]
@@ -30,7 +31,7 @@ def _converter() -> Any:
     try:
         from onnxconverter_common import float16
     except ImportError as exc:
-        msg = f"fp16 lowering needs onnxconverter-common ({exc}): pip install ebai-tensorrt"
+        msg = f"fp16 lowering needs onnxconverter-common ({exc}): {install_line('tensorrt-lowering')}"
         raise MissingDependencyError(msg) from exc
     return float16
 

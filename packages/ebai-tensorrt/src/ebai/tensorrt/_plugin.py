@@ -13,12 +13,13 @@ import importlib.util
 import sys
 
 from ebai.core.hardware import GpuRecord, query_gpus
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import PluginSpec
 
 __all__ = ["INSTALL", "GpuRecord", "backend", "details", "installed_cuda_major", "probe", "query_gpus"]
 
 #: The install line every "TensorRT is missing" message ends with.
-INSTALL = "pip install 'ebai-tensorrt[cu12]'  # or 'ebai-tensorrt[cu13]' with an NVIDIA driver >= 580"
+INSTALL = f"{install_line('tensorrt')}  # or {install_line('tensorrt-cu13')} with an NVIDIA driver >= 580"
 
 #: Oldest Linux driver that runs each CUDA major through minor-version compatibility
 #: (CUDA 12.x: 525.60.13, CUDA 13.x: 580.65.06; NVIDIA's CUDA compatibility tables).

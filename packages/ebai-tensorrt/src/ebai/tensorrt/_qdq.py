@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ebai.core.errors import BackendUnavailableError, InputError, MissingDependencyError
+from ebai.core.install_hints import install_line
 from ebai.tensorrt._onnx_io import copy_model, read_io, save_model
 
 __all__ = [
@@ -246,7 +247,7 @@ def _quantize_onnxruntime(
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
-        msg = f"int8 lowering needs onnxruntime ({exc}): pip install ebai-tensorrt"
+        msg = f"int8 lowering needs onnxruntime ({exc}): {install_line('tensorrt-lowering')}"
         raise MissingDependencyError(msg) from exc
     pre = src.with_name("model.pre.onnx")
     try:

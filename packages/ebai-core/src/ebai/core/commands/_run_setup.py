@@ -1,6 +1,8 @@
 """Setting up a run of an artifact, shared by ``ebai run`` and ``ebai benchmark``.
 
 Picking the target, parsing engine options and rebuilding the adapter named in the manifest.
+The adapter is rebuilt from installed code only, for its pre/post-processing; the network its
+settings name is never built here (see :func:`ebai.core.plugins.build_adapter`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import yaml
 
 from ebai.core.artifact import Artifact
 from ebai.core.errors import EbaiError, InputError
+from ebai.core.install_hints import install_line
 from ebai.core.manifest import TargetRecord
-from ebai.core.plugins import ADAPTERS, get_adapter, plugin_names
+from ebai.core.plugins import ADAPTERS, build_adapter, plugin_names
 
 logger = logging.getLogger("ebai")
 
@@ -62,9 +65,9 @@ def load_adapter(source: dict[str, Any] | Any) -> tuple[Any | None, str]:
     if not name:
         return None, "the artifact names no adapter"
     if name not in plugin_names(ADAPTERS):
-        return None, f"adapter {name!r} is not installed here (pip install ebai-adapters)"
+        return None, f"adapter {name!r} is not installed here ({install_line('adapters')})"
     try:
-        adapter = get_adapter(name).from_config(dict(source.get("config") or {}))
+        adapter = build_adapter(source)
     except (EbaiError, ImportError, TypeError, ValueError) as exc:
         return None, f"adapter {name!r} cannot be rebuilt ({exc})"
     return adapter, ""

@@ -1,9 +1,15 @@
 """``ebai benchmark``: latency, throughput and energy of an artifact's targets, side by side.
 
-Every row names the precision the hardware computes in, not only the stored one: OpenVINO runs an
-fp32 model in bf16 by default on CPUs that have it, so the table shows the reference model forced
-to f32 and at OpenVINO's default beside the artifact's targets, and, with ``--against-torch``, the
-original model in PyTorch eager mode (what a user runs without ebai).
+Every row names the precision the hardware computes in, not only the stored one. Beside the
+artifact's targets, each of their backends runs the uncompressed reference model the ways it
+offers (:meth:`~ebai.core.interfaces.Backend.comparison_variants`; for OpenVINO forced to f32 and
+at its default precision, bf16 on CPUs that have it), and, with ``--against-torch``, the original
+model runs in PyTorch eager mode (what a user runs without ebai). Latency and energy are measured
+in interleaved rounds; energies within each other's spread are marked as not told apart.
+
+An artifact is data: the model its manifest names (a ``file.py:factory``, a module, a pickle) is
+code, so the PyTorch row is built from what the user points at (``--torch-model``, ``--weights``),
+or from the manifest only with ``--trust-source``, after printing exactly what will run.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +26,7 @@ import click
 import numpy as np
 
 from ebai.core.artifact import Artifact
-from ebai.core.commands._run_setup import engine_option, engine_options, load_adapter
+from ebai.core.commands._run_setup import engine_option, engine_options
 from ebai.core.errors import EbaiError, InputError
 from ebai.core.specs import InputSpec
 
@@ -36,8 +41,6 @@ class _Row:
     precision: str
     fn: Callable[[], np.ndarray]
     output: np.ndarray | None = None
-    medians: list[float] = field(default_factory=list)
-    p95s: list[float] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,36 +79,25 @@ def _precision_label(stored: str, runs: str, default: bool) -> str:
 
 @contextlib.contextmanager
 def _rows(
-    art: Artifact, x: np.ndarray, opts: dict[str, Any], against_torch: bool, notes: list[str]
+    art: Artifact, x: np.ndarray, opts: dict[str, Any], torch_row: _Row | None, notes: list[str]
 ) -> Iterator[list[_Row]]:
-    from ebai.core.plugins import get_backend
+    from ebai.core.comparison import baseline_engines
 
-    rows: list[_Row] = []
+    rows: list[_Row] = [torch_row] if torch_row is not None else []
     with contextlib.ExitStack() as stack:
-        if against_torch:
-            row = _torch_row(art, x, notes)
-            if row is not None:
-                rows.append(row)
         if art.manifest.reference:
-            try:
-                ov = get_backend("openvino")
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ebai-bench-")))
-                lowering = ov.lower(
-                    art.file(art.manifest.reference),
-                    tmp,
-                    precision="fp32",
-                    input_spec=art.manifest.input,
-                    calibration=[],
-                )
-                for forced in ("f32", None):
-                    engine = stack.enter_context(ov.load(tmp, lowering, **{**opts, "inference_precision": forced}))
-                    runs = getattr(engine, "execution_precision", "")
-                    label = "f32 (INFERENCE_PRECISION_HINT=f32)" if forced else f"{runs} (OpenVINO default for fp32)"
-                    rows.append(
-                        _Row(f"openvino {'f32' if forced else 'default'} (reference.onnx)", label, _bind(engine, x))
+            backends = [t.backend for t in art.manifest.targets]
+            reference = art.file(art.manifest.reference)
+            for b in stack.enter_context(
+                baseline_engines(reference, art.manifest.input, backends, options=opts, notes=notes)
+            ):
+                rows.append(
+                    _Row(
+                        f"{b.backend} {b.variant.key} (reference.onnx)",
+                        f"{b.runs} ({b.variant.how})",
+                        _bind(b.engine, x),
                     )
-            except EbaiError as exc:
-                notes.append(f"OpenVINO rows from reference.onnx skipped: {exc}")
+                )
         for target in art.manifest.targets:
             try:
                 engine = stack.enter_context(art.load_engine(target.backend, target.precision, **opts))
@@ -127,18 +119,46 @@ def _bind(engine: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: engine(x)
 
 
-def _torch_row(art: Artifact, x: np.ndarray, notes: list[str]) -> _Row | None:
-    adapter, why = load_adapter(art.manifest.source)
-    if adapter is None:
-        notes.append(f"PyTorch eager row skipped: {why}")
-        return None
+def _torch_adapter(art: Artifact, torch_model: str | None, weights: Path | None, trust_source: bool) -> Any:
+    """Return the adapter whose ``load_module`` builds the PyTorch row's network; manifest code needs trust."""
+    from ebai.core.plugins import build_adapter
+
+    spec = art.manifest.input
+    if torch_model is not None:  # the user points at the model: their code, their call
+        return build_adapter(
+            "torch",
+            {
+                "model": torch_model,
+                "weights": str(weights) if weights is not None else None,
+                "axes": spec.axes,
+                "channels": spec.channels,
+                "tile": list(spec.tile),
+                "out_channels": art.manifest.output.channels,
+            },
+        )
+    source = dict(art.manifest.source or {})
+    if not source.get("adapter"):
+        msg = "--against-torch needs the original model and the artifact names no adapter: pass --torch-model path/to/file.py:factory (and --weights)"
+        raise InputError(msg)
+    shown = json.dumps(source, sort_keys=True)
+    if not trust_source:
+        msg = (
+            f"--against-torch would run code the artifact names ({shown}): point at the model yourself with "
+            "--torch-model path/to/file.py:factory (and --weights), or pass --trust-source if you trust who made the artifact"
+        )
+        raise InputError(msg)
+    click.echo(f"--trust-source: building the PyTorch model as the artifact says, running: {shown}", err=True)
+    return build_adapter(source)
+
+
+def _torch_row(art: Artifact, x: np.ndarray, torch_model: str | None, weights: Path | None, trust: bool) -> _Row:
+    adapter = _torch_adapter(art, torch_model, weights, trust)
     try:
         import torch
-
-        module = adapter.load_module()
-    except (ImportError, EbaiError) as exc:
-        notes.append(f"PyTorch eager row skipped: the original model cannot be built here ({exc})")
-        return None
+    except ImportError as exc:
+        msg = "the PyTorch row needs torch: pip install torch"
+        raise InputError(msg) from exc
+    module = adapter.load_module()
     tensor = torch.from_numpy(x)
 
     def call() -> np.ndarray:
@@ -146,16 +166,6 @@ def _torch_row(art: Artifact, x: np.ndarray, notes: list[str]) -> _Row | None:
             return module(tensor).numpy()
 
     return _Row("pytorch eager (original model)", "fp32", call)
-
-
-def _measure(rows: list[_Row], rounds: int, warmup: int, repeats: int) -> None:
-    from ebai.core.latency import measure_latency
-
-    for r in range(rounds):  # interleaved: a busy neighbour slows every row alike
-        for row in rows:
-            stats = measure_latency(row.fn, warmup=warmup if r == 0 else 0, repeats=repeats)
-            row.medians.append(stats.median_s)
-            row.p95s.append(stats.p95_s)
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -171,7 +181,11 @@ def _table(result: dict[str, Any]) -> str:
     )
     lines = []
     for r in result["rows"]:
-        energy = f"{r['joules_per_image']:.3g} {r['energy_label']}" if r.get("joules_per_image") is not None else "-"
+        energy = r.get("energy_label", "-")
+        if r.get("joules_per_image") is not None:
+            half = (r["joules_high"] - r["joules_low"]) / 2
+            same = f" ~{r['energy_same_as']}" if r.get("energy_same_as") else ""
+            energy = f"{r['joules_per_image']:.3g} +-{half:.2g} {r['energy_label']}{same}"
         lines.append(
             (
                 r["name"],
@@ -194,7 +208,26 @@ def _table(result: dict[str, Any]) -> str:
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option(
-    "--against-torch", is_flag=True, help="Add PyTorch eager on the original model (needs torch and the adapter)."
+    "--against-torch",
+    is_flag=True,
+    help="Add PyTorch eager on the original model: give --torch-model, or --trust-source to build what the artifact names.",
+)
+@click.option(
+    "--torch-model",
+    default=None,
+    metavar="REF",
+    help="The original model for --against-torch: path/to/file.py:factory, package.module:factory or a TorchScript file.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="State dict for --torch-model.",
+)
+@click.option(
+    "--trust-source",
+    is_flag=True,
+    help="Let --against-torch import and run the model code the artifact's manifest names (printed first).",
 )
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Tiles per call.")
 @click.option(
@@ -204,7 +237,23 @@ def _table(result: dict[str, Any]) -> str:
 @click.option(
     "--rounds", default=1, show_default=True, type=click.IntRange(min=1), help="Interleaved rounds over all rows."
 )
-@click.option("--energy/--no-energy", default=True, show_default=True, help="Measure energy per image (codecarbon).")
+@click.option(
+    "--energy/--no-energy", default=True, show_default=True, help="Measure energy per image (needs ebai-core[energy])."
+)
+@click.option(
+    "--energy-rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Interleaved energy windows per row; their range is the spread printed.",
+)
+@click.option(
+    "--energy-seconds",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Least length of each window.",
+)
 @click.option(
     "--input",
     "image",
@@ -218,11 +267,16 @@ def _table(result: dict[str, Any]) -> str:
 def benchmark(
     artifact: Path,
     against_torch: bool,
+    torch_model: str | None,
+    weights: Path | None,
+    trust_source: bool,
     batch_size: int,
     repeats: int,
     warmup: int,
     rounds: int,
     energy: bool,
+    energy_rounds: int,
+    energy_seconds: float,
     image: Path | None,
     seed: int,
     options: tuple[str, ...],
@@ -230,44 +284,43 @@ def benchmark(
 ) -> None:
     """Measure ARTIFACT's targets side by side: latency (median, p95), throughput, energy, fidelity.
 
-    Rows: the reference model in OpenVINO at f32 and at OpenVINO's default precision, each target
-    of the artifact, and (``--against-torch``) PyTorch eager on the original model. Speed-ups and
-    Pearson correlations are against PyTorch eager when present, else the OpenVINO f32 row.
+    Rows: the reference model run the ways each target's backend offers (OpenVINO: at f32 and at
+    its default precision), each target of the artifact, and (``--against-torch``) PyTorch eager on
+    the original model. Speed-ups and Pearson correlations are against PyTorch eager when present,
+    else the first of those rows. Energies marked with the same letter (~A) lie within each other's
+    spread: the measurement does not tell them apart.
     """
     from ebai.core.hardware import cpu_info
+    from ebai.core.latency import measure_interleaved
     from ebai.core.metrics import pearson
 
     art = Artifact.open(artifact)
     opts = engine_options(options)
     x, what = _input_batch(art.manifest.input, batch_size, image, seed)
     notes: list[str] = []
-    with _rows(art, x, opts, against_torch, notes) as rows:
+    torch_row = _torch_row(art, x, torch_model, weights, trust_source) if against_torch or torch_model else None
+    with _rows(art, x, opts, torch_row, notes) as rows:
         if not rows:
             msg = f"nothing to benchmark in {str(artifact)!r}: {'; '.join(notes) or 'it holds no targets'}"
             raise InputError(msg)
         for row in rows:
             row.output = np.asarray(row.fn())
-        _measure(rows, rounds, warmup, repeats)
-        base = rows[0]  # torch when present, then openvino f32 (reference.onnx), then targets
-        base_median = float(np.median(base.medians))
+        latency = measure_interleaved({row.name: row.fn for row in rows}, rounds=rounds, repeats=repeats, warmup=warmup)
+        base = rows[0]  # torch when present, then the first backend's baseline rows, then targets
         for row in rows:
-            median = float(np.median(row.medians))
+            stats = latency[row.name]
             row.result = {
                 "name": row.name,
                 "precision": row.precision,
-                "median_s": median,
-                "p95_s": float(max(row.p95s)),
-                "images_per_s": batch_size / median,
-                "speedup": base_median / median,
+                "median_s": stats.median_s,
+                "p95_s": stats.p95_s,
+                "images_per_s": batch_size / stats.median_s,
+                "speedup": latency[base.name].median_s / stats.median_s,
                 "pearson": float(pearson(row.output, base.output)),
+                "batch": batch_size,
             }
-            if energy:
-                from ebai.core.energy import measure_energy
-
-                e = measure_energy(row.fn, repeats=max(1, min(repeats, 5)), warmup=0)
-                row.result.update(
-                    joules_per_image=e.joules_per_call / batch_size, energy_label=e.label, energy_source=e.source
-                )
+        if energy:
+            _add_energy(rows, energy_rounds, energy_seconds, notes)
     cpu = cpu_info()
     result = {
         "artifact": str(artifact),
@@ -287,5 +340,34 @@ def benchmark(
     click.echo(_table(result))
     for note in notes:
         click.echo(f"note: {note}")
-    if energy and rows:
-        click.echo(f"energy: {rows[0].result.get('energy_source', '')}")
+    if energy and rows and rows[0].result.get("energy_source"):
+        click.echo(f"energy: {rows[0].result['energy_source']}")
+
+
+def _add_energy(rows: list[_Row], rounds: int, seconds: float, notes: list[str]) -> None:
+    """Energy per image of every row, interleaved, with the spread and the rows it cannot tell apart."""
+    from ebai.core.energy import NOT_MEASURED, energy_available, indistinct_groups, measure_energy_interleaved
+
+    if not energy_available():
+        for row in rows:
+            row.result["energy_label"] = "not measured"
+        notes.append(f"energy {NOT_MEASURED}")
+        return
+    spreads = measure_energy_interleaved(
+        {row.name: row.fn for row in rows}, rounds=rounds, min_duration_s=seconds, warmup=0
+    )
+    same = indistinct_groups(spreads)
+    for row in rows:
+        e = spreads[row.name]
+        batch = row.result["batch"]
+        row.result.update(
+            joules_per_image=e.joules_per_call / batch,
+            joules_low=e.low / batch,
+            joules_high=e.high / batch,
+            energy_windows=e.windows,
+            energy_same_as=same.get(row.name, ""),
+            energy_label=e.label,
+            energy_source=e.source,
+        )
+    if same:
+        notes.append("energies marked with the same letter (~A) lie within each other's spread: not told apart")

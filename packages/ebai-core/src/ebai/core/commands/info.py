@@ -1,16 +1,18 @@
-"""``ebai info``: what is installed, what can run here, and why not."""
+"""``ebai info``: what is installed, what can run here, and why not; with an artifact, where it came from."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+from pathlib import Path
 
 import click
 
 from ebai.core.hardware import cpu_info, nvidia_gpus
+from ebai.core.install_hints import install_line
 from ebai.core.plugins import ADAPTERS, BACKENDS, CLI, get_plugin, plugin_names
 
-_PACKAGES = ("ebai-core", "ebai-compress", "ebai-openvino", "ebai-tensorrt", "ebai-adapters")
+_PACKAGES = ("ebai-core", "ebai-compress", "ebai-openvino", "ebai-tensorrt", "ebai-adapters", "ebai-tasks")
 
 
 def _plugins(group: str) -> list[dict[str, str | bool]]:
@@ -56,10 +58,72 @@ def collect() -> dict[str, object]:
     }
 
 
+def provenance(path: Path) -> dict[str, object]:
+    """Return what an artifact says about itself, after every hash is checked; nothing it names is imported."""
+    from ebai.core.artifact import MANIFEST, Artifact
+    from ebai.core.manifest import DIGEST_KEY
+
+    art = Artifact.open(path)
+    m = art.manifest
+    data = json.loads((art.path / MANIFEST).read_text(encoding="utf-8"))
+    return {
+        "artifact": str(path),
+        "verified": "schema, manifest sha256 and the sha256 of every file checked; every path inside the artifact",
+        "name": m.name,
+        "created": m.created,
+        "manifest_sha256": data.get(DIGEST_KEY),
+        "made_with": dict(m.versions),
+        "source": dict(m.source),
+        "pruning": dict(m.pruning) if m.pruning is not None else None,
+        "fine_tuning": dict(m.fine_tuning) if m.fine_tuning is not None else None,
+        "input": m.input.to_dict(),
+        "targets": [
+            {"target": t.key, "fidelity": t.fidelity.to_dict() if t.fidelity else None, "files": len(t.files)}
+            for t in m.targets
+        ],
+        "files": len(m.files),
+    }
+
+
+def _echo_provenance(data: dict[str, object]) -> None:
+    click.echo(f"artifact {data['artifact']}: {data['verified']}")
+    click.echo(f"  name {data['name']}, created {data['created'] or 'unknown'}, {data['files']} files")
+    click.echo(f"  manifest sha256 {data['manifest_sha256']}")
+    made = ", ".join(f"{k} {v}" for k, v in data["made_with"].items()) or "not recorded"  # type: ignore[union-attr]
+    click.echo(f"  made with: {made}")
+    source = data["source"] or {}
+    if source:
+        shown = json.dumps(source, sort_keys=True)
+        click.echo(f"  source (as recorded; never imported or run without --trust-source): {shown}")
+    for key in ("pruning", "fine_tuning"):
+        if data[key]:
+            click.echo(f"  {key.replace('_', '-')}: {json.dumps(data[key], sort_keys=True)}")
+    for t in data["targets"]:  # type: ignore[union-attr]
+        fid = t["fidelity"]
+        guard = (
+            f"pearson {fid['pearson']:.4f}, {'passed' if fid['passed'] else 'FAILED'} the guard"
+            if fid
+            else "no guard record"
+        )
+        click.echo(f"  target {t['target']}: {guard}")
+
+
 @click.command()
+@click.argument("artifact", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def info(as_json: bool) -> None:
-    """Show installed ebai packages, backends, adapters and this machine's CPU/GPU features."""
+def info(artifact: Path | None, as_json: bool) -> None:
+    """Show installed ebai packages, backends, adapters and this machine's CPU/GPU features.
+
+    With ARTIFACT, show where that artifact came from instead (tool versions, source, pruning,
+    fidelity per target), after checking every hash: nothing it names is imported.
+    """
+    if artifact is not None:
+        record = provenance(artifact)
+        if as_json:
+            click.echo(json.dumps(record, indent=2))
+        else:
+            _echo_provenance(record)
+        return
     data = collect()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -71,7 +135,7 @@ def info(as_json: bool) -> None:
         click.echo(f"{title}:")
         rows = data[title]
         if not rows:
-            hint = "pip install ebai-openvino" if title == "backends" else "pip install ebai-adapters"
+            hint = install_line("openvino" if title == "backends" else "adapters")
             click.echo(f"  none installed ({hint})")
         for row in rows:  # type: ignore[union-attr]
             state = "available" if row["available"] else f"unavailable: {row['reason']}"

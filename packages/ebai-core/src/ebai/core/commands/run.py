@@ -1,8 +1,16 @@
-"""``ebai run``: apply an artifact to image files, tile by tile, and write one TIFF per input."""
+"""``ebai run``: apply an artifact to image files, tile by tile, and write one TIFF per input.
+
+The user's images are never written: an output that would replace an input is refused whatever
+the flags. Every check that can fail cheaply (the output folder, each file's header, the memory
+the largest image needs) runs before the first prediction; an image that still fails (damaged
+data, NaN/Inf values) is reported and the batch goes on, and the run exits non-zero at the end.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +20,16 @@ import numpy as np
 from ebai.core.artifact import Artifact
 from ebai.core.commands._run_large import large_options
 from ebai.core.commands._run_setup import engine_option, engine_options, load_adapter, pick_target
-from ebai.core.errors import InputError
+from ebai.core.errors import EbaiError, InputError
 from ebai.core.progress import progress
+from ebai.core.specs import InputSpec
 
 logger = logging.getLogger("ebai")
 
-__all__ = ["output_name", "run"]
+__all__ = ["NAN_POLICIES", "output_name", "run"]
+
+#: What ``--nan-policy`` does with NaN/Inf input pixels: refuse the image, set them to 0, or pass them on.
+NAN_POLICIES = ("error", "zero", "ignore")
 
 _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
 
@@ -31,6 +43,128 @@ def output_name(path: Path) -> str:
     return path.stem + ".tif"
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refuse_replacing_inputs(pairs: list[tuple[Path, Path]]) -> None:
+    """Raise when any output path is one of the input files (same path, symbolic or hard link)."""
+    by_path = {os.path.realpath(p): p for p, _ in pairs}
+    by_inode = {ident: p for p, _ in pairs if (ident := _identity(p)) is not None}
+    for _, dest in pairs:
+        ident = _identity(dest)
+        path = by_path.get(os.path.realpath(dest)) or (by_inode.get(ident) if ident is not None else None)
+        if path is not None:
+            msg = (
+                f"the prediction {str(dest)!r} would replace the input image {str(path)!r}: ebai never writes over "
+                "its inputs; give another output folder with -o"
+            )
+            raise InputError(msg)
+
+
+def _nonfinite(x: np.ndarray) -> int:
+    """Count NaN/Inf values, in slices so no image-sized mask is allocated."""
+    flat = x.reshape(-1)
+    step = 1 << 22
+    return sum(
+        int(flat[i : i + step].size - np.count_nonzero(np.isfinite(flat[i : i + step])))
+        for i in range(0, flat.size, step)
+    )
+
+
+def _apply_nan_policy(sample: np.ndarray, policy: str, path: Path) -> np.ndarray:
+    if policy == "ignore" or not np.issubdtype(sample.dtype, np.floating):
+        return sample
+    bad = _nonfinite(sample)
+    if not bad:
+        return sample
+    if policy == "zero":
+        logger.warning("%s: %d NaN/Inf value(s) set to 0 (--nan-policy zero)", path, bad)
+        return np.nan_to_num(sample, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    msg = (
+        f"{str(path)!r} holds {bad} NaN/Inf value(s) of {sample.size}: fix the image, or pass --nan-policy zero "
+        "(set them to 0) or --nan-policy ignore (keep them; they spread through normalisation and the model)"
+    )
+    raise InputError(msg)
+
+
+def _check_memory(
+    todo: list[tuple[Path, Path]],
+    shapes: dict[Path, tuple[tuple[int, ...], np.dtype]],
+    spec: InputSpec,
+    out_channels: int,
+) -> None:
+    """Refuse before any work when the largest image will not fit in the memory free now."""
+    from ebai.core.memory import available_memory, format_bytes, prediction_bytes
+
+    free = available_memory()
+    if free is None or not shapes:
+        return
+    need, biggest = 0, None
+    for path, _ in todo:
+        if path not in shapes:
+            continue
+        shape, dtype = shapes[path]
+        n = prediction_bytes(
+            _spatial_guess(shape, spec),
+            spec.channels,
+            out_channels,
+            dtype.itemsize,
+            normalizes=spec.normalization.kind != "none",
+        )
+        if n > need:
+            need, biggest = n, path
+    if biggest is not None and need > free:
+        msg = (
+            f"{str(biggest)!r} needs about {format_bytes(need)} of memory to predict but {format_bytes(free)} is free: "
+            "run it on a machine with more memory, free some, or split the image into smaller files (or use the "
+            "large-data path for images bigger than memory)"
+        )
+        raise InputError(msg)
+
+
+def _spatial_guess(shape: tuple[int, ...], spec: InputSpec) -> tuple[int, ...]:
+    """Return the spatial part of a stored shape: its largest ``spec.ndim`` axes, in order."""
+    dims = [s for s in shape if s != 1]
+    if len(dims) > spec.ndim:
+        drop = len(dims) - spec.ndim
+        smallest = sorted(range(len(dims)), key=lambda i: dims[i])[:drop]
+        dims = [d for i, d in enumerate(dims) if i not in smallest]
+    return tuple(dims) or (1,)
+
+
+def _predict_one(
+    path: Path,
+    spec: InputSpec,
+    pre: Callable[[np.ndarray], np.ndarray],
+    post: Callable[[np.ndarray], np.ndarray] | None,
+    engine: Any,
+    *,
+    overlap: float,
+    batch_size: int,
+    nan_policy: str,
+) -> np.ndarray:
+    """Read, check, prepare, tile and finish one image; each stage drops the previous array."""
+    from ebai.core.imageio import read_image, to_sample
+    from ebai.core.tiling import predict_tiled
+
+    sample = _apply_nan_policy(to_sample(read_image(path), spec, path.name), nan_policy, path)
+    x = np.asarray(pre(sample), dtype=np.float32)
+    del sample
+    output = predict_tiled(
+        x, engine, spec.tile, overlap=overlap, batch_size=batch_size, divisor=spec.divisor, progress_desc=path.name
+    )
+    del x
+    result = np.asarray(post(output)) if post is not None else output
+    if result.ndim == spec.ndim + 1 and result.shape[0] == 1:
+        result = result[0]  # one channel: write a plain (Z)YX image
+    return result
+
+
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
@@ -39,8 +173,8 @@ def output_name(path: Path) -> str:
     "--output",
     "out_dir",
     required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Folder for the predictions (created if needed).",
+    type=click.Path(path_type=Path),
+    help="Folder for the predictions (created if needed; never one of the input files).",
 )
 @click.option(
     "--target",
@@ -57,6 +191,13 @@ def output_name(path: Path) -> str:
     help="Tile overlap (default: the artifact's).",
 )
 @click.option("--raw", is_flag=True, help="Write the model output without the adapter's post-processing.")
+@click.option(
+    "--nan-policy",
+    type=click.Choice(NAN_POLICIES),
+    default="error",
+    show_default=True,
+    help="NaN/Inf input pixels: refuse the image, set them to 0, or keep them.",
+)
 @engine_option(
     "Backend engine option, repeatable (OpenVINO: num_threads=2, inference_precision=f32, performance_hint=throughput)."
 )
@@ -70,6 +211,7 @@ def run(
     batch_size: int,
     overlap: float | None,
     raw: bool,
+    nan_policy: str,
     options: tuple[str, ...],
     **large: Any,
 ) -> None:
@@ -80,15 +222,18 @@ def run(
     records; then cut into overlapping tiles, run through the compiled model and blended back, and
     finished by the adapter's post-processing (e.g. masks) unless --raw. Each prediction is written
     atomically under the input's name, so an interrupted run leaves no partial file and a rerun
-    skips what is done.
+    skips what is done. Images that cannot be read or hold NaN/Inf are listed at the end and the
+    run exits with status 1; the others are all written.
 
     Zarr/OME-Zarr inputs, images too large for memory, and every input given --chunked, --scheduler
     or --cluster run block by block on Dask and are written as OME-Zarr (pip install
     'ebai-core[large]'); a rerun resumes them block by block.
     """
-    from ebai.core.imageio import list_images, read_image, to_sample, write_tiff
-    from ebai.core.tiling import predict_tiled
+    from ebai.core.files import check_writable_dir, remove_stale
+    from ebai.core.imageio import list_images, probe_image, write_tiff
 
+    check_writable_dir(out_dir)
+    remove_stale(out_dir)
     art = Artifact.open(artifact)
     record = pick_target(art, target)
     spec = art.manifest.input
@@ -127,11 +272,22 @@ def run(
             msg = f"{str(names[name])!r} and {str(path)!r} would both be written as {name!r}: run them into different output folders"
             raise InputError(msg)
         names[name] = path
+    refuse_replacing_inputs([(path, out_dir / name) for name, path in names.items()])
     todo = [(path, out_dir / name) for name, path in names.items() if overwrite or not (out_dir / name).exists()]
     skipped = len(paths) - len(todo)
     if not todo:
         click.echo(f"all {len(paths)} predictions already exist in {out_dir} (pass --overwrite to redo them)", err=True)
         return
+
+    failed: list[tuple[Path, str]] = []
+    shapes: dict[Path, tuple[tuple[int, ...], np.dtype]] = {}
+    for path, _ in todo:
+        try:
+            shapes[path] = probe_image(path)
+        except InputError as exc:
+            failed.append((path, str(exc)))
+    todo = [(path, dest) for path, dest in todo if path in shapes]
+    _check_memory(todo, shapes, spec, art.manifest.output.channels)
 
     # the adapter the artifact was made with prepares inputs (and, unless --raw, finishes outputs)
     # exactly as during compression; without it, the normalisation the manifest records stands in
@@ -142,6 +298,7 @@ def run(
         lost = "" if raw else " and writing the raw model output"
         click.echo(f"warning: {why}: normalising with the artifact's recorded settings{lost}", err=True)
 
+    written = 0
     with art.load_engine(record.backend, record.precision, **opts) as engine:
         runs_as = getattr(engine, "execution_precision", "")
         click.echo(
@@ -150,25 +307,33 @@ def run(
             err=True,
         )
         for path, dest in progress(todo, desc="images", unit="image"):
-            sample = np.asarray(pre(to_sample(read_image(path), spec)), dtype=np.float32)
-            output = predict_tiled(
-                sample,
-                engine,
-                spec.tile,
-                overlap=spec.overlap if overlap is None else overlap,
-                batch_size=batch_size,
-                divisor=spec.divisor,
-                progress_desc=path.name,
-            )
-            result = np.asarray(post(output)) if post is not None else output
-            if result.ndim == spec.ndim + 1 and result.shape[0] == 1:
-                result = result[0]  # one channel: write a plain (Z)YX image
+            try:
+                result = _predict_one(
+                    path,
+                    spec,
+                    pre,
+                    post,
+                    engine,
+                    overlap=spec.overlap if overlap is None else overlap,
+                    batch_size=batch_size,
+                    nan_policy=nan_policy,
+                )
+            except (EbaiError, MemoryError) as exc:
+                reason = str(exc) if isinstance(exc, EbaiError) else f"{str(path)!r} ran out of memory"
+                failed.append((path, reason))
+                continue
             axes = spec.spatial_axes.upper()
             axes = axes if result.ndim == len(axes) else "C" + axes if result.ndim == len(axes) + 1 else None
             write_tiff(dest, result, overwrite=overwrite, axes=axes)
+            written += 1
             logger.info("wrote %s", dest)
     click.echo(
-        f"wrote {len(todo)} prediction(s) to {out_dir}"
+        f"wrote {written} prediction(s) to {out_dir}"
         + (f" (skipped {skipped} existing; --overwrite redoes them)" if skipped else ""),
         err=True,
     )
+    if failed:
+        for path, reason in failed:
+            click.echo(f"failed: {path}: {reason}", err=True)
+        msg = f"{len(failed)} of {written + len(failed)} image(s) were not predicted (listed above); the other {written} were written"
+        raise InputError(msg)
