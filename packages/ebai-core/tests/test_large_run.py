@@ -52,7 +52,9 @@ def _conv_onnx(path: Path, ndim: int, channels: int, seed: int) -> Path:
 
 
 def _artifact(root: Path, name: str, ndim: int, channels: int, tile: tuple[int, ...]) -> Path:
-    from ebai.core import ArtifactWriter, InputSpec, Manifest, Normalization, OutputSpec, TargetRecord
+    from ebai.core.artifact import ArtifactWriter
+    from ebai.core.manifest import Manifest, TargetRecord
+    from ebai.core.specs import InputSpec, Normalization, OutputSpec
     from ebai.openvino import OpenVINOBackend
 
     spec = InputSpec(
