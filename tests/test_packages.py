@@ -20,12 +20,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PACKAGES = Path(__file__).resolve().parents[1] / "packages"
-#: The intended layering: core <- {adapters, openvino, tensorrt} <- compress <- tasks.
+#: The intended layering: core <- {adapters, openvino, tensorrt, torch} <- compress <- tasks.
 LAYER = {
     "ebai-core": 0,
     "ebai-adapters": 1,
     "ebai-openvino": 1,
     "ebai-tensorrt": 1,
+    "ebai-torch": 1,
     "ebai-compress": 2,
     "ebai-tasks": 3,
 }

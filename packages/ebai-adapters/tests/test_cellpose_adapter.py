@@ -150,3 +150,120 @@ def test_cellpose_4_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(sys.modules["cellpose.version"], "version", "4.0.1")
     with pytest.raises(MissingDependencyError, match=r"pip install 'cellpose>=3.0,<4'"):
         CellposeAdapter(nbase=[2, 8, 16, 32]).load_module()
+
+
+# ------------------------------------------------------------------ cellpose itself as the oracle
+class _Style256(torch.nn.Module):
+    """A CPnet whose style vector is zero-padded to the 256 entries ``cellpose.core.run_net`` stores.
+
+    The small CPnets here end at 32 or 64 channels; the flows, all the masks come from, are the
+    network's own.
+    """
+
+    def __init__(self, net: Any) -> None:
+        super().__init__()
+        self.net, self.nout, self.mkldnn = net, net.nout, False
+
+    @property
+    def device(self) -> Any:
+        return next(self.parameters()).device
+
+    def forward(self, x: Any) -> tuple[Any, Any]:
+        flows, style = self.net(x)[:2]
+        return flows, torch.nn.functional.pad(style, (0, 256 - style.shape[1]))
+
+
+def _cellpose_eval_masks(adapter: CellposeAdapter, module: Any, image: np.ndarray) -> np.ndarray:
+    """Masks of ``CellposeModel.eval`` with the adapter's CPnet and settings, on a 2D image."""
+    from cellpose import models
+
+    model = models.CellposeModel(
+        gpu=False, pretrained_model=False, nchan=adapter.nbase[0], diam_mean=adapter.diam_mean, mkldnn=False
+    )
+    model.net = _Style256(module.net)  # the same CPnet
+    masks, _, _ = model.eval(
+        image,
+        diameter=adapter.diam_mean,  # no rescaling, as the adapter
+        bsize=adapter.input_spec.tile[0],
+        tile_overlap=adapter.input_spec.overlap,
+        normalize={"percentile": list(adapter.percentile)},
+        flow_threshold=adapter.flow_threshold,
+        cellprob_threshold=adapter.cellprob_threshold,
+        min_size=adapter.min_size,
+        max_size_fraction=adapter.max_size_fraction,
+        niter=adapter.niter,
+    )
+    return np.asarray(masks)
+
+
+@pytest.mark.parametrize("shape", [(250, 301), (100, 130), (224, 224)])
+def test_masks_equal_cellpose_eval_on_the_fixture(nuclei: Any, cellpose_weights: Path, shape: tuple[int, int]) -> None:
+    # sides not multiples of 16, larger and smaller than cellpose's 224-pixel tile
+    image = nuclei.nuclei_image(7, size=304, count=60)[0][: shape[0], : shape[1]]
+    adapter = CellposeAdapter(cellpose_weights)
+    module = adapter.load_module()
+    expected = _cellpose_eval_masks(adapter, module, image)
+    masks = adapter.predict(image[np.newaxis], adapter.torch_infer(module), batch_size=8)
+    assert expected.max() >= 5
+    np.testing.assert_array_equal(masks, expected)
+    # the default (torch) inference runs cellpose's smaller tile where the padded image is smaller
+    np.testing.assert_array_equal(adapter.predict(image[np.newaxis], batch_size=8), expected)
+
+
+def test_engines_get_only_the_tile_and_padding_is_cellposes(nuclei: Any, cellpose_weights: Path) -> None:
+    from cellpose import transforms as cp_transforms
+
+    adapter = CellposeAdapter(cellpose_weights, tile=64)
+    module = adapter.torch_infer()
+    seen: list[np.ndarray] = []
+
+    def engine(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch)
+        return module(batch)
+
+    image = nuclei.nuclei_image(3, size=96)[0][:40, :50]
+    x = adapter.preprocess(image[np.newaxis])
+    out = adapter.run_tiled(x, engine, batch_size=2)
+    assert out.shape == (3, 40, 50) and {b.shape[1:] for b in seen} == {(1, 64, 64)}
+    # cellpose pads 40 x 50 with zeros to 64 x 80: one row of two 64-pixel tiles
+    assert cp_transforms.get_pad_yx(40, 50) == (12, 12, 15, 15)
+    assert sum(len(b) for b in seen) == 2
+    first = seen[0][0, 0]
+    assert np.all(first[:12] == 0) and np.all(first[52:] == 0) and np.all(first[:, :15] == 0)
+    np.testing.assert_array_equal(first[12:52, 15:64], x[0, :, :49])
+
+
+def test_tile_must_be_square() -> None:
+    with pytest.raises(InputError, match="not square"):
+        CellposeAdapter(nbase=[2, 8, 16, 32], tile=[64, 128])
+    assert CellposeAdapter(nbase=[2, 8, 16, 32], tile="64").input_spec.tile == (64, 64)
+
+
+def _nuclei_task() -> Any:
+    """The nuclei reference task (package ebai-tasks) and its adapter with the shipped network."""
+    tasks = pytest.importorskip("ebai.tasks", reason="ebai-tasks is not installed")
+    return tasks.get_task("nuclei"), tasks.TaskAdapter("nuclei")
+
+
+@pytest.mark.parametrize("shape", [None, (250, 301)])
+def test_nuclei_task_masks_equal_cellpose_eval(shape: tuple[int, int] | None) -> None:
+    task, adapter = _nuclei_task()
+    from ebai.tasks import TEST_SEED
+
+    tool = task.tool_adapter()
+    module = adapter.load_module()
+    count = task.test_count if shape is None else 1
+    inputs, _ = task.make_samples(count, TEST_SEED, shape or task.test_shape)
+    for x in inputs:
+        expected = _cellpose_eval_masks(tool, module, x[0])
+        masks = adapter.predict(x, adapter.torch_infer(module), batch_size=8)
+        assert expected.max() >= 10
+        np.testing.assert_array_equal(masks, expected)
+
+
+def test_nuclei_task_cellpose_adapter_refuses_to_run_a_random_network() -> None:
+    task, _ = _nuclei_task()
+    image = task.make_samples(1, 0, (64, 64))[0][0]
+    with pytest.raises(InputError, match="holds no weights") as err:
+        task.tool_adapter().predict(image)
+    assert "\n" not in str(err.value)

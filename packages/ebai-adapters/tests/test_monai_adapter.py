@@ -106,6 +106,29 @@ def test_segmentation_postprocess_and_dice() -> None:
     assert mask.tolist() == [[[0, 1]]]
 
 
+def test_segmentation_dice_scores_every_class_as_monai() -> None:
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    adapter = MonaiAdapter("UNet", {**UNET, "out_channels": 3}, tile=(16, 32, 32), task="segmentation")
+    empty = np.zeros((4, 8, 8), np.uint16)
+    only_class_2 = empty.copy()
+    only_class_2[1:3, 2:5, 2:5] = 2
+    swapped = np.where(only_class_2 == 2, 1, 0).astype(np.uint16)
+
+    def monai_mean(pred: np.ndarray, true: np.ndarray) -> float:
+        def hot(x: np.ndarray) -> object:
+            return one_hot(torch.from_numpy(x.astype(np.int64))[None, None], num_classes=3)
+
+        metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+        return float(metric(hot(pred), hot(true)).mean())
+
+    # an empty target with a prediction holding only class 2: class 2 is wrong, not ignored
+    assert adapter.evaluate(only_class_2, empty)["dice"] == pytest.approx(monai_mean(only_class_2, empty)) == 0.5
+    assert adapter.evaluate(swapped, only_class_2)["dice"] == pytest.approx(monai_mean(swapped, only_class_2)) == 0.0
+    assert adapter.evaluate(empty, empty) == {"dice": 1.0}
+
+
 def test_regression_metric_is_ssim() -> None:
     adapter = MonaiAdapter("UNet", UNET, tile=(16, 32, 32))
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ebai.core.errors import InputError
-from ebai.core.metrics import average_precision, dice, iou, max_abs_error, pearson, ssim
+from ebai.core.metrics import average_precision, class_dice, dice, iou, max_abs_error, pearson, ssim
 
 
 def test_pearson_hand_cases() -> None:
@@ -159,3 +159,49 @@ def test_average_precision_matches_brute_force(rng: np.random.Generator) -> None
                 best = max(best, tp)
             expected = best / (len(t_ids) + len(p_ids) - best)
             assert average_precision(pred, true, threshold=th) == pytest.approx(expected)
+
+
+def _monai_dice(pred: np.ndarray, true: np.ndarray, classes: int) -> np.ndarray:
+    """MONAI's DiceMetric per foreground class, empty targets scored (not skipped)."""
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    from monai.networks.utils import one_hot
+
+    def hot(x: np.ndarray) -> object:
+        return one_hot(torch.from_numpy(x.astype(np.int64))[None, None], num_classes=classes)
+
+    metric = monai_metrics.DiceMetric(include_background=False, reduction="none", ignore_empty=False)
+    return metric(hot(pred), hot(true)).numpy()[0]
+
+
+@pytest.mark.parametrize("case", ["random", "swapped", "empty_target", "class_only_in_prediction", "both_empty"])
+def test_class_dice_equals_monai_dicemetric(case: str) -> None:
+    rng = np.random.default_rng(3)
+    true = rng.integers(0, 4, size=(12, 16, 16))
+    pred = np.where(rng.random(true.shape) < 0.8, true, rng.integers(0, 4, size=true.shape))
+    if case == "swapped":  # every class swapped: MONAI gives 0.0, binary Dice gave 1.0
+        pred = np.where(true > 0, true % 3 + 1, 0)
+    elif case == "empty_target":
+        true = np.zeros_like(true)
+    elif case == "class_only_in_prediction":  # an empty target, a prediction holding only class 2
+        true = np.zeros_like(true)
+        pred = np.where(pred == 2, 2, 0)
+    elif case == "both_empty":
+        true = pred = np.zeros_like(true)
+    expected = _monai_dice(pred, true, 4)
+    if case == "swapped":
+        assert expected.tolist() == [0.0, 0.0, 0.0] and dice(pred, true) == 1.0
+    np.testing.assert_allclose(class_dice(pred, true, num_classes=4), expected, atol=1e-6)
+    if case == "class_only_in_prediction":
+        assert class_dice(pred, true, num_classes=4).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_class_dice_classes_and_errors() -> None:
+    a = np.array([[0, 1], [2, 2]])
+    assert class_dice(a, a).tolist() == [1.0, 1.0]  # classes up to the largest label
+    assert class_dice(a > 0, a > 0).tolist() == [1.0]
+    assert class_dice(np.zeros((2, 2), int), np.zeros((2, 2), int)).tolist() == [1.0]
+    with pytest.raises(InputError, match="integer label images"):
+        class_dice(a.astype(np.float32), a)
+    with pytest.raises(InputError, match="3 classes"):
+        class_dice(a + 1, a, num_classes=3)

@@ -46,10 +46,17 @@ class FakeState:
     host_allocations: dict[int, Any] = field(default_factory=dict)
     streams: set[int] = field(default_factory=set)
     inspected_with_context: bool = False
+    weightless_ops: set[str] = field(default_factory=set)  # layers the inspector lists without "Weights"
+    native_handle: bool = True  # cuda.bindings.utils.get_cuda_native_handle exists (cuda-python >= 12.8)
+    stream_conversions: list[str] = field(default_factory=list)  # "native" or "int", per stream handed over
 
     @property
     def cc(self) -> str:
         return f"{self.major}.{self.minor}"
+
+    @property
+    def trt_major(self) -> int:
+        return int(self.trt_version.split(".")[0])
 
     def live(self) -> int:
         return len(self.allocations) + len(self.host_allocations) + len(self.streams)
@@ -83,8 +90,16 @@ def make_tensorrt(state: FakeState) -> types.ModuleType:
         def __init__(self, min_severity: Any = None) -> None:
             super().__init__()
 
-    class NetworkDefinitionCreationFlag(enum.IntEnum):
-        STRONGLY_TYPED = 1
+    if state.trt_major >= 11:  # EXPLICIT_BATCH is gone; STRONGLY_TYPED (0) is kept but ignored
+
+        class NetworkDefinitionCreationFlag(enum.IntEnum):
+            STRONGLY_TYPED = 0
+            PREFER_AOT_PYTHON_PLUGINS = 1
+    else:
+
+        class NetworkDefinitionCreationFlag(enum.IntEnum):
+            EXPLICIT_BATCH = 0
+            STRONGLY_TYPED = 1
 
     class MemoryPoolType(enum.IntEnum):
         WORKSPACE = 0
@@ -356,13 +371,20 @@ def make_tensorrt(state: FakeState) -> types.ModuleType:
             graph = self.engine.model.graph
             producer = {o: n for n in graph.node for o in n.output}
             inits = {i.name: i for i in graph.initializer}
+            split = state.trt_major >= 11  # TensorRT 11 splits "Format/Datatype" into "Format" + "DataType"
+
+            def tensor(name: str, fmt: str, layout: str, short: str) -> dict[str, Any]:
+                if not with_formats:
+                    return {"Name": name}
+                if split:
+                    return {"Name": name, "Format": layout, "DataType": short}
+                return {"Name": name, "Format/Datatype": fmt}
+
             layers: list[dict[str, Any]] = [
                 {
                     "Name": "Reformatting CopyNode for Input Tensor 0",
                     "LayerType": "Reformat",
-                    "Inputs": [{"Name": "input", "Format/Datatype": "Row major linear FP32"}]
-                    if with_formats
-                    else [{"Name": "input"}],
+                    "Inputs": [tensor("input", "Row major linear FP32", "Row major linear format (kLINEAR)", "Float")],
                 }
             ]
             for node in graph.node:
@@ -370,27 +392,32 @@ def make_tensorrt(state: FakeState) -> types.ModuleType:
                     continue
                 w = producer.get(node.input[1])
                 if node.op_type in state.fallback_ops:
-                    dtype, short = "Row major linear FP32", "Float"
+                    dtype, layout, short = "Row major linear FP32", "Row major linear format (kLINEAR)", "Float"
                 elif w is not None and w.op_type == "DequantizeLinear":
-                    dtype, short = "Thirty-two wide channel vectorized row major Int8 format", "Int8"
+                    dtype = "Thirty-two wide channel vectorized row major Int8 format"
+                    layout, short = "Thirty-two wide channel vectorized row major format (kCHW32)", "Int8"
                 elif (node.input[1] in inits and inits[node.input[1]].data_type == 10) or (
                     w is not None and w.op_type == "Cast"
                 ):
-                    dtype, short = "Channel major FP16 format where channel % 8 == 0", "Half"
+                    dtype = "Channel major FP16 format where channel % 8 == 0"
+                    layout, short = "Channel major format where channel % 8 == 0 (kHWC8)", "Half"
                 else:
-                    dtype, short = "Row major linear FP32", "Float"
-                io = {"Name": node.input[0], "Format/Datatype": dtype} if with_formats else {"Name": node.input[0]}
-                layers.append(
-                    {
-                        "Name": f"{node.name} + Relu",
-                        "LayerType": "CaskDeconvolution" if node.op_type == "ConvTranspose" else "CaskConvolution",
-                        "Inputs": [io],
-                        "Outputs": [dict(io, Name=node.output[0])],
-                        "ParameterType": "Deconvolution" if node.op_type == "ConvTranspose" else "Convolution",
-                        "Weights": {"Type": short, "Count": 1},
-                        "TacticName": "fake_kernel",
-                    }
-                )
+                    dtype, layout, short = "Row major linear FP32", "Row major linear format (kLINEAR)", "Float"
+                layer = {
+                    "Name": f"{node.name} + Relu",
+                    "LayerType": "CaskDeconvolution" if node.op_type == "ConvTranspose" else "CaskConvolution",
+                    "Inputs": [tensor(node.input[0], dtype, layout, short)],
+                    "Outputs": [tensor(node.output[0], dtype, layout, short)],
+                    "ParameterType": "Deconvolution" if node.op_type == "ConvTranspose" else "Convolution",
+                    "Weights": {"Type": short, "Count": 1},
+                    "TacticName": "fake_kernel",
+                }
+                if node.op_type in state.weightless_ops:
+                    del layer["Weights"]
+                layers.append(layer)
+            if split:
+                io_tensors = [{"Name": n, "DataType": "Float"} for n in (self.engine.input, self.engine.output)]
+                return json.dumps({"Layers": layers, "I/O Tensors": io_tensors})
             return json.dumps({"Layers": layers, "Bindings": [self.engine.input, self.engine.output]})
 
     for obj in (
@@ -434,7 +461,8 @@ def make_cudart(state: FakeState) -> types.ModuleType:
         def __init__(self, handle: int) -> None:
             self.handle = handle
 
-        def __int__(self) -> int:
+        def __int__(self) -> int:  # deprecated in cuda-bindings 13; recorded so tests see which path ran
+            state.stream_conversions.append("int")
             return self.handle
 
     ok = cudaError_t.cudaSuccess
@@ -488,11 +516,11 @@ def make_cudart(state: FakeState) -> types.ModuleType:
         return ok, cudaStream_t(handle)
 
     def cudaStreamDestroy(stream):
-        state.streams.remove(int(stream))
+        state.streams.remove(stream.handle)
         return (ok,)
 
     def cudaStreamSynchronize(stream):
-        assert int(stream) in state.streams
+        assert stream.handle in state.streams
         return (ok,)
 
     def _owned(ptr: int, n: int) -> bool:
@@ -503,7 +531,7 @@ def make_cudart(state: FakeState) -> types.ModuleType:
         return False
 
     def cudaMemcpyAsync(dst, src, n, kind, stream):
-        assert int(stream) in state.streams
+        assert stream.handle in state.streams
         assert _owned(dst, n) and _owned(src, n), "copy outside allocated memory"
         want = (
             (dst in state.allocations) if kind == cudaMemcpyKind.cudaMemcpyHostToDevice else (src in state.allocations)
@@ -537,6 +565,19 @@ def install(monkeypatch: Any, state: FakeState, *, tensorrt: bool = True, cuda: 
         monkeypatch.setitem(sys.modules, "cuda", pkg)
         monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
         monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", rt)
+        if state.native_handle:
+            utils = types.ModuleType("cuda.bindings.utils")
+            utils.__spec__ = importlib.machinery.ModuleSpec("cuda.bindings.utils", None)
+
+            def get_cuda_native_handle(obj: Any) -> int:
+                state.stream_conversions.append("native")
+                return obj.handle
+
+            utils.get_cuda_native_handle = get_cuda_native_handle
+            bindings.utils = utils
+            monkeypatch.setitem(sys.modules, "cuda.bindings.utils", utils)
+        else:
+            monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)
     else:
-        for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.bindings.utils", "cuda.cudart"):
             monkeypatch.setitem(sys.modules, name, None)

@@ -73,7 +73,7 @@ def test_first_load_builds_with_profile_workspace_and_strong_typing(fake_state, 
     with _load(artifact, "fp32", workspace_mb=512, max_batch=6) as engine:
         assert engine.build_info["source"] == "built" and fake_state.builds == 1
         build = fake_state.last_build
-        assert build["flags"] == 1 << 1  # 1 << STRONGLY_TYPED (the fake's enum value is 1)
+        assert build["flags"] == 2  # 1 << STRONGLY_TYPED, whose value is 1 in TensorRT 10
         assert build["workspace"] == 512 << 20
         assert build["profiles"] == [{"input": ((1, 1, 16, 32, 32), (4, 1, 16, 32, 32), (6, 1, 16, 32, 32))}]
         assert build["verbosity"] == 2  # DETAILED
@@ -204,25 +204,31 @@ def test_damaged_cache_files_are_rebuilt(fake_state, artifact, damage, caplog):
     assert fake_state.builds == 2
 
 
-def test_engine_tensorrt_refuses_is_rebuilt(fake_state, artifact, caplog):
-    """A cache file whose header and checksum are right but whose plan TensorRT rejects."""
+def _replace_plan(path: Path, plan: bytes) -> None:
+    """Put ``plan`` in a cache file with a matching header and checksum, recorded as built here.
+
+    Recorded in the ledger (as after a driver update that TensorRT then refuses), so it reaches
+    TensorRT, and only TensorRT can refuse it.
+    """
     import hashlib
 
     from ebai.tensorrt._cache import _LEN
 
-    _load(artifact, "fp32").close()
-    (path,) = _cache_files(artifact[0])
     data = path.read_bytes()
     (hlen,) = _LEN.unpack_from(data, len(MAGIC))
     start = len(MAGIC) + _LEN.size
     header = json.loads(data[start : start + hlen])
-    plan = b"NOT A PLAN" * 10
     header.update(engine_bytes=len(plan), engine_sha256=hashlib.sha256(plan).hexdigest())
     head = json.dumps(header).encode()
     path.write_bytes(MAGIC + _LEN.pack(len(head)) + head + plan)
-    # recorded as built here (as after a driver update that TensorRT then refuses), so it reaches TensorRT
-    ledger = EngineStore([]).ledger
-    (ledger / header["engine_sha256"]).touch()
+    (EngineStore([]).ledger / header["engine_sha256"]).touch()
+
+
+def test_engine_tensorrt_refuses_is_rebuilt(fake_state, artifact, caplog):
+    """A cache file whose header and checksum are right but whose plan TensorRT rejects."""
+    _load(artifact, "fp32").close()
+    (path,) = _cache_files(artifact[0])
+    _replace_plan(path, b"NOT A PLAN" * 10)
     with _load(artifact, "fp32") as engine:
         assert engine.build_info["source"] == "built"
     assert "could not be deserialized" in caplog.text and fake_state.builds == 2
@@ -375,3 +381,64 @@ def test_fixed_batch_model_runs_in_chunks_of_its_batch(fake_state, tmp_path, une
     assert fake_state.last_build["profiles"] == [{"input": ((2, 1, 16, 32, 32),) * 3}]
     assert fake_state.executions[-2:] == [(2, 1, 16, 32, 32), (2, 1, 16, 32, 32)]
     np.testing.assert_allclose(y, run_onnx(unet_onnx, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def fake_trt11(monkeypatch) -> fake_gpu.FakeState:
+    """A fake TensorRT 11: STRONGLY_TYPED is 0 (deprecated, ignored) and the inspector splits Format/DataType."""
+    state = fake_gpu.FakeState(trt_version="11.1.0")
+    fake_gpu.install(monkeypatch, state)
+    return state
+
+
+def test_tensorrt_11_gets_no_deprecated_strongly_typed_flag(fake_trt11, artifact):
+    assert int(sys.modules["tensorrt"].NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0
+    with _load(artifact, "fp32"):
+        pass
+    assert fake_trt11.last_build["flags"] == 0  # every TensorRT 11 network is strongly typed
+
+
+@pytest.mark.parametrize("version", ["10.99.1", "11.1.0"])
+def test_layer_report_reads_both_inspector_layouts(monkeypatch, artifact, version):
+    state = fake_gpu.FakeState(trt_version=version, fallback_ops={"ConvTranspose"}, weightless_ops={"ConvTranspose"})
+    fake_gpu.install(monkeypatch, state)
+    with _load(artifact, "int8") as engine:
+        report = engine.layer_report
+    text = json.dumps(report.to_dict())
+    assert "unknown" not in text  # every input/output format was read
+    # the transposed convolutions list no weights: only their fp32 inputs/outputs reveal the fallback
+    assert report.counts == {"int8": 11, "fp32": 2} and len(report.fallbacks) == 2
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_stream_goes_to_tensorrt_through_the_native_handle_where_it_exists(monkeypatch, artifact, held_out, native):
+    state = fake_gpu.FakeState(native_handle=native)
+    fake_gpu.install(monkeypatch, state)
+    with _load(artifact, "fp32") as engine:
+        engine.infer(held_out[0][:1])
+    assert state.stream_conversions == (["native"] if native else ["int"])
+
+
+def test_a_failed_build_reports_its_own_error_not_an_older_one(fake_state, artifact, caplog):
+    _load(artifact, "fp32").close()
+    (path,) = _cache_files(artifact[0])
+    _replace_plan(path, b"NOT A PLAN" * 10)  # TensorRT logs an error when it refuses the cached plan
+    fake_state.build_fails = True
+    with pytest.raises(BackendUnavailableError) as info:
+        _load(artifact, "fp32")
+    assert "out of workspace memory" in str(info.value)
+    assert "serialization assertion" not in str(info.value)  # the cached engine's error was logged before the build
+
+
+def test_per_channel_int8_transposed_convolutions_need_tensorrt_10_2(fake_state, artifact):
+    _set_trt_version(fake_state, "10.1.0")
+    with pytest.raises(
+        BackendUnavailableError, match=r"TensorRT 10.1.0 cannot build int8 transposed convolutions .*2 in this model"
+    ):
+        _load(artifact, "int8")
+    assert fake_state.builds == 0
+    with _load(artifact, "fp32"):  # no int8 scales: any TensorRT 10 builds it
+        pass
+    _set_trt_version(fake_state, "10.2.0")
+    with _load(artifact, "int8"):
+        pass

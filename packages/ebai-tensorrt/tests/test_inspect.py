@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ebai.tensorrt import LayerReport, parse_engine_information
-from ebai.tensorrt._inspect import dtype_from_format
+from ebai.tensorrt._inspect import dtype_from_format, tensor_dtype
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,39 @@ def test_names_only_and_garbage_are_reported_as_unknown():
     assert not names.detailed and [layer.precision for layer in names.layers] == ["unknown", "unknown"]
     assert "unknown" in names.summary()
     assert not parse_engine_information("not json", "fp16").detailed
+
+
+@pytest.mark.parametrize(
+    ("tensor", "dtype"),
+    [
+        ({"Name": "x", "Format/Datatype": "Row major linear FP32"}, "fp32"),  # TensorRT 10
+        ({"Name": "x", "Format": "Row major linear format (kLINEAR)", "DataType": "Half"}, "fp16"),  # TensorRT 11
+        (
+            {"Name": "x", "Format": "Thirty-two wide channel vectorized row major format (kCHW32)", "DataType": "Int8"},
+            "int8",
+        ),
+        ({"Name": "x", "Format": "Row major linear FP32 format (kLINEAR)"}, "fp32"),  # type named in the format only
+        ({"Name": "x", "Format": "Row major linear format (kLINEAR)"}, "unknown"),
+        ({"Name": "x"}, "unknown"),
+    ],
+)
+def test_tensor_dtype_reads_both_layouts(tensor, dtype):
+    assert tensor_dtype(tensor) == dtype
+
+
+def test_tensorrt_11_layout_finds_fallbacks_in_layers_without_weights():
+    def layer(name, kind, layout, short):
+        io = {"Format": layout, "DataType": short}
+        return {"Name": name, "LayerType": kind, "Inputs": [dict(io, Name="x")], "Outputs": [dict(io, Name="y")]}
+
+    info = {
+        "Layers": [
+            layer(
+                "/e1/Conv", "CaskConvolution", "Thirty-two wide channel vectorized row major format (kCHW32)", "Int8"
+            ),
+            layer("/up1/ConvTranspose", "CaskDeconvolution", "Row major linear format (kLINEAR)", "Float"),
+        ],
+        "I/O Tensors": [{"Name": "input", "IOMode": "Input", "DataType": "Float"}],
+    }
+    report = parse_engine_information(json.dumps(info), "int8")
+    assert report.counts == {"int8": 1, "fp32": 1} and report.fallbacks == ("/up1/ConvTranspose",)

@@ -116,9 +116,11 @@ def test_ebai_info_with_a_gpu_and_tensorrt(fake_state, tmp_path, monkeypatch):
 
     result = CliRunner().invoke(cli, ["info"])
     assert result.exit_code == 0, result.output
-    line = next(x for x in result.output.splitlines() if x.strip().startswith("tensorrt"))
-    assert "available" in line and "unavailable" not in line
-    assert "TensorRT 10.99.1" in line and "GPU NVIDIA A100-SXM4-40GB (compute 8.0, driver 550.54.15)" in line
+    lines = result.output.splitlines()
+    at = next(i for i, x in enumerate(lines) if x.strip().startswith("tensorrt"))
+    assert "available" in lines[at] and "unavailable" not in lines[at]
+    details = lines[at + 1]  # ebai info prints a backend's details on the lines below its row
+    assert "TensorRT 10.99.1" in details and "GPU NVIDIA A100-SXM4-40GB (compute 8.0, driver 550.54.15)" in details
     assert "NVIDIA A100-SXM4-40GB (compute 8.0, driver 550.54.15)" in result.output
 
 

@@ -36,8 +36,9 @@ def normalization_from(value: str | Normalization | Mapping[str, Any] | None) ->
     ----------
     value
         ``None`` or ``"none"``, a kind name (``"percentile"``, ``"zscore"``, ``"minmax"``), a mapping
-        such as ``{"kind": "percentile", "low": 1, "high": 99}`` (as written in YAML configs), or a
-        ready :class:`~ebai.core.Normalization`.
+        such as ``{"kind": "percentile", "low": 1, "high": 99}`` (as written in YAML configs; add
+        ``out_low``/``out_high`` for a target range other than [0, 1]), or a ready
+        :class:`~ebai.core.Normalization`.
     """
     if value is None:
         return Normalization()
@@ -46,9 +47,9 @@ def normalization_from(value: str | Normalization | Mapping[str, Any] | None) ->
     if isinstance(value, str):
         return Normalization(kind=value)
     if isinstance(value, Mapping):
-        unknown = set(value) - {"kind", "low", "high"}
+        unknown = set(value) - {"kind", "low", "high", "out_low", "out_high"}
         if unknown:
-            msg = f"normalisation settings {sorted(unknown)} are not understood: use kind, low and high"
+            msg = f"normalisation settings {sorted(unknown)} are not understood: use kind, low, high, out_low and out_high"
             raise InputError(msg)
         return Normalization(**dict(value))
     msg = f"normalisation {value!r} is not understood: give a kind such as 'percentile' or a mapping with kind/low/high"
@@ -227,13 +228,56 @@ class Adapter(ABC):
         batch_size
             Tiles per call of ``infer``.
         """
-        from ebai.core.tiling import predict_tiled
-
         x = self.preprocess(sample)
         fn = self.torch_infer() if infer is None else infer
+        return self.postprocess(self.run_tiled(x, fn, batch_size=batch_size, fixed_tile=infer is not None))
+
+    def run_tiled(
+        self,
+        image: np.ndarray,
+        infer: Callable[[np.ndarray], np.ndarray],
+        *,
+        batch_size: int = 4,
+        overlap: float | None = None,
+        fixed_tile: bool = True,
+        progress_desc: str | None = None,
+    ) -> np.ndarray:
+        """Run the network over one preprocessed image ``(C, *spatial)``; return ``(C_out, *spatial)``.
+
+        The default is ebai's tiler (:func:`ebai.core.tiling.predict_tiled` with the spec's tile,
+        overlap and divisor). An adapter whose tool pads and tiles its own way overrides this, so
+        the network sees exactly the input the tool gives it (the cellpose adapter pads and tiles
+        as cellpose does); :meth:`predict`, ``ebai run`` and the benchmarks all come through here.
+
+        Parameters
+        ----------
+        image
+            Preprocessed image, channels first.
+        infer
+            Maps a batch ``(N, C, *tile)`` to ``(N, C_out, *tile)``.
+        batch_size
+            Tiles per call of ``infer``.
+        overlap
+            Tile overlap fraction; default the spec's.
+        fixed_tile
+            ``True`` when ``infer`` takes only the spec's tile shape (a compiled engine);
+            ``False`` when it takes any spatial shape (the torch network), which an override may
+            use to feed the tool's own, smaller tiles to images smaller than the tile.
+        progress_desc
+            Label of a progress bar over batches; ``None`` shows none.
+        """
+        from ebai.core.tiling import predict_tiled
+
         spec = self.input_spec
-        out = predict_tiled(x, fn, spec.tile, overlap=spec.overlap, batch_size=batch_size, divisor=spec.divisor)
-        return self.postprocess(out)
+        return predict_tiled(
+            image,
+            infer,
+            spec.tile,
+            overlap=spec.overlap if overlap is None else overlap,
+            batch_size=batch_size,
+            divisor=spec.divisor,
+            progress_desc=progress_desc,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config()!r})"

@@ -1,10 +1,12 @@
 """The ``cellpose`` adapter: cellpose 3's CPnet, its normalisation, and flows-to-masks dynamics.
 
 ebai compresses the network alone; everything around it is cellpose's own code, unmodified:
-``cellpose.transforms.normalize_img`` before the network and
-``cellpose.dynamics.resize_and_compute_masks`` (flow following, flow-error check, small-mask
-removal) after it, so ``ebai run`` writes label masks as cellpose would. The task metric is AP at
-IoU 0.5 (:func:`ebai.core.metrics.average_precision`).
+``cellpose.transforms.normalize_img`` before the network, cellpose's zero padding and tiling
+around it (``transforms.get_pad_yx``, ``make_tiles``, ``average_tiles``, as ``core.run_net``
+uses them) and ``cellpose.dynamics.resize_and_compute_masks`` (flow following, flow-error check,
+small-mask removal) after it, so ``ebai run`` writes label masks as cellpose would: with the same
+CPnet and settings, the masks equal ``CellposeModel.eval``'s. The task metric is AP at IoU 0.5
+(:func:`ebai.core.metrics.average_precision`).
 
 Only cellpose 3.x is supported: cellpose 4 (Cellpose-SAM) replaced CPnet by a ViT-L from
 ``segment_anything`` and imports torchvision in ``cellpose.transforms`` (see the package README).
@@ -13,7 +15,7 @@ Only cellpose 3.x is supported: cellpose 4 (Cellpose-SAM) replaced CPnet by a Vi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +110,9 @@ class CellposeAdapter(Adapter):
         network's input channels are filled with zero channels, as cellpose does for
         ``channels=[0, 0]``; the exported model takes ``channels`` channels.
     tile
-        Tile (Y, X); cellpose uses 224.
+        Square tile (cellpose's ``bsize``), the shape the network is exported at; cellpose uses 224.
     overlap
-        Tile overlap fraction; cellpose uses 0.1.
+        Tile overlap fraction (cellpose's ``tile_overlap``); cellpose uses 0.1.
     percentile
         Low and high percentiles of cellpose's normalisation.
     flow_threshold, cellprob_threshold, niter, min_size, max_size_fraction
@@ -170,6 +172,11 @@ class CellposeAdapter(Adapter):
         if not 1 <= int(channels) <= self.nbase[0]:
             msg = f"channels is {channels} but the network takes {self.nbase[0]}: use 1 to {self.nbase[0]}"
             raise InputError(msg)
+        square = _tile(tile, 2)
+        square = square * 2 if len(square) == 1 else square  # "224" as one size
+        if len(square) != 2 or square[0] != square[1]:
+            msg = f"tile {list(square)} is not square: cellpose tiles at one size (its bsize), e.g. tile=224"
+            raise InputError(msg)
         low, high = (float(p) for p in percentile)
         self.percentile = (low, high)
         self.flow_threshold = float(flow_threshold)
@@ -180,7 +187,7 @@ class CellposeAdapter(Adapter):
         self.input_spec = InputSpec(
             axes="bcyx",
             channels=int(channels),
-            tile=_tile(tile, 2),
+            tile=square,
             # cellpose's normalize99 per channel; what engines run without the adapter apply.
             normalization=Normalization(kind="percentile", low=low, high=high),
             overlap=float(overlap),
@@ -222,6 +229,65 @@ class CellposeAdapter(Adapter):
         return np.asarray(
             transforms.normalize_img(x, normalize=True, percentile=self.percentile, axis=0), dtype=np.float32
         )
+
+    def run_tiled(
+        self,
+        image: np.ndarray,
+        infer: Callable[[np.ndarray], np.ndarray],
+        *,
+        batch_size: int = 4,
+        overlap: float | None = None,
+        fixed_tile: bool = True,
+        progress_desc: str | None = None,
+    ) -> np.ndarray:
+        """Run CPnet over one preprocessed image ``(C, Y, X)`` as cellpose 3's ``core.run_net`` does.
+
+        cellpose's own functions zero-pad the image (``transforms.get_pad_yx``: 8 pixels, and up
+        to a multiple of 16), cut it into tiles of the tile size (``transforms.make_tiles``,
+        cellpose's ``bsize`` and ``tile_overlap``) and blend the tiles with cellpose's taper
+        (``transforms.average_tiles``); only the network call is ``infer``. CPnet's style vector
+        is a mean over the whole tile, so any other padding or tiling changes the flows everywhere.
+
+        Where a padded side is shorter than the tile, cellpose runs one smaller tile. That is done
+        here too unless ``fixed_tile`` (a compiled engine takes only the tile): then the padded
+        image is zero-padded further, at its end, to the tile, and the flows differ from
+        cellpose's through the style vector. Images at least ``tile - 16`` pixels a side are
+        always run exactly as cellpose runs them.
+        """
+        from ebai.core.progress import progress
+
+        transforms = _cellpose("transforms")
+        x = np.asarray(image, dtype=np.float32)
+        if x.ndim != 3:
+            msg = (
+                f"cellpose runs 2D images (C, Y, X), got shape {tuple(x.shape)}: give one 2D image with channels first"
+            )
+            raise InputError(msg)
+        bsize = int(self.input_spec.tile[0])
+        ly, lx = x.shape[1:]
+        ypad1, ypad2, xpad1, xpad2 = transforms.get_pad_yx(ly, lx)
+        padded = np.pad(x, [(0, 0), (ypad1, ypad2), (xpad1, xpad2)], mode="constant")
+        short = [max(0, bsize - n) for n in padded.shape[1:]]
+        if fixed_tile and any(short):
+            logger.debug("padded image %s is smaller than the tile %d: zero-padded to it", padded.shape[1:], bsize)
+            padded = np.pad(padded, [(0, 0), (0, short[0]), (0, short[1])], mode="constant")
+        overlap = self.input_spec.overlap if overlap is None else float(overlap)
+        tiles, ysub, xsub, tly, tlx = transforms.make_tiles(padded, bsize=bsize, augment=False, tile_overlap=overlap)
+        tiles = tiles.reshape(-1, *tiles.shape[2:])
+        batches = (tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
+        infer_many = getattr(infer, "infer_many", None)
+        outputs = infer_many(batches) if callable(infer_many) else (infer(b) for b in batches)
+        if progress_desc is not None:
+            outputs = progress(outputs, desc=progress_desc, total=-(-len(tiles) // batch_size), unit="batch")
+        flows = np.concatenate([np.asarray(o, dtype=np.float32) for o in outputs])
+        if flows.ndim != 4 or flows.shape[0] != len(tiles) or flows.shape[2:] != tiles.shape[2:]:
+            msg = (
+                f"the network returned shape {tuple(flows.shape)} for {len(tiles)} tiles of {tuple(tiles.shape[1:])}: "
+                "it must return (N, 3, Y, X) flows and cell probability for each tile"
+            )
+            raise InputError(msg)
+        blended = transforms.average_tiles(flows, ysub, xsub, tly, tlx)
+        return np.asarray(blended[:, ypad1 : ypad1 + ly, xpad1 : xpad1 + lx], dtype=np.float32)
 
     def postprocess(self, output: np.ndarray) -> np.ndarray:
         """Turn flows and cell probability ``(nout, Y, X)`` into a label image with cellpose's dynamics."""

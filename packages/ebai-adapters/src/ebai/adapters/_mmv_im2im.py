@@ -19,8 +19,9 @@ adapter reads are, as in mmv_im2im's ``ProjectTester``::
         sliding_window_params: {roi_size: [32, 128, 128], overlap: 0.2, mode: gaussian}
 
 The network is built by mmv_im2im's own rule (``module_name.func_name(**params)``), preprocessing
-and postprocessing run mmv_im2im's and MONAI's own functions, and the tile and overlap come from
-``sliding_window_params``.
+and postprocessing run mmv_im2im's and MONAI's own functions (a training config's dictionary
+transforms only where their ``keys`` include the input image ``IM``, as mmv_im2im applies them),
+and the tile and overlap come from ``sliding_window_params``.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ ALLOWED_OPS: dict[str, frozenset[str]] = {
 }
 #: mmv_im2im frameworks whose ``model.net`` maps an image to an image in one tensor.
 _FRAMEWORKS = ("FCN",)
+#: The data key mmv_im2im's data modules give the input image (the target is ``GT``).
+_INPUT_KEY = "IM"
 
 
 def _check_config(data: Any, where: str) -> dict[str, Any]:
@@ -129,10 +132,22 @@ def _resolve(info: Mapping[str, Any], where: str) -> Callable[..., Any]:
     return getattr(module, str(func_name))
 
 
+def _applies_to_input(info: Mapping[str, Any]) -> bool:
+    """Whether an op reaches the input image: no ``keys`` (an array op), or keys that include ``IM``.
+
+    A training config's dictionary transforms name the data they change (``keys: [GT]`` rescales
+    only the target), and mmv_im2im applies each to those keys alone.
+    """
+    keys = dict(info.get("params") or {}).get("keys")
+    if keys is None:
+        return True
+    return _INPUT_KEY in ([keys] if isinstance(keys, str) else list(keys))
+
+
 def _build_op(info: Mapping[str, Any], where: str) -> Callable[[Any], Any] | None:
     """One preprocessing/postprocessing op as mmv_im2im builds it, or ``None`` for skipped ops."""
     name = str(info.get("func_name", ""))
-    if name in _SKIPPED_OPS or name.startswith("Rand"):
+    if name in _SKIPPED_OPS or name.startswith("Rand") or not _applies_to_input(info):
         return None
     module_name = str(info.get("module_name", ""))
     if name not in ALLOWED_OPS.get(module_name, ()):
@@ -145,28 +160,60 @@ def _build_op(info: Mapping[str, Any], where: str) -> Callable[[Any], Any] | Non
     keys = params.pop("keys", None)
     func = _resolve(info, where)
     if inspect.isclass(func):
-        if keys is not None:  # a dictionary transform of a training config: run it on the image key only
-            first = keys[0] if isinstance(keys, (list, tuple)) else keys
-            op = func(keys=[first], **params)
-            return lambda x, op=op, key=first: op({key: x})[key]
+        if keys is not None:  # a dictionary transform of a training config: run it on the input key only
+            op = func(keys=[_INPUT_KEY], **params)
+            return lambda x, op=op: op({_INPUT_KEY: x})[_INPUT_KEY]
         return func(**params)
     return partial(func, **params)
+
+
+def _range(params: Mapping[str, Any], low: str, high: str) -> dict[str, float]:
+    """Return the output range a MONAI op maps to (``b_min``/``b_max``, ``minv``/``maxv``); [0, 1] when unset."""
+    lo, hi = params.get(low), params.get(high)
+    if lo is None or hi is None:  # MONAI then leaves the values in [0, 1]
+        return {}
+    return {"out_low": float(lo), "out_high": float(hi)}
 
 
 def _normalization_of(ops: Sequence[Mapping[str, Any]]) -> Normalization:
     """Return the built-in normalisation closest to the config's preprocessing (for engines run without it)."""
     for info in ops:
+        if not _applies_to_input(info):
+            continue
         name = str(info.get("func_name", ""))
         params = dict(info.get("params") or {})
         if name in ("norm_around_center", "NormalizeIntensity", "NormalizeIntensityd"):
             return Normalization(kind="zscore")
         if name in ("ScaleIntensityRangePercentiles", "ScaleIntensityRangePercentilesd"):
             return Normalization(
-                kind="percentile", low=float(params.get("lower", 1.0)), high=float(params.get("upper", 99.8))
+                kind="percentile",
+                low=float(params.get("lower", 1.0)),
+                high=float(params.get("upper", 99.8)),
+                **_range(params, "b_min", "b_max"),
             )
         if name in ("ScaleIntensity", "ScaleIntensityd"):
-            return Normalization(kind="minmax")
+            return Normalization(kind="minmax", **_range(params, "minv", "maxv"))
     return Normalization()
+
+
+def _declared_ndim(data: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[int, str] | None:
+    """Spatial dimensions the config gives the images, and where it says so; ``None`` if it does not.
+
+    The inference reader's ``dimension_order_out`` first, then a training config's ``LoadImaged``
+    of the input ``IM``, then the network's ``spatial_dims``/``dimensions`` (MONAI networks).
+    """
+    order = ((data.get("inference_input") or {}).get("reader_params") or {}).get("dimension_order_out")
+    if order:
+        return sum(a in "ZYX" for a in str(order).upper()), f"data.inference_input dimension_order_out {order!r}"
+    for info in data.get("preprocess") or []:
+        op = dict(info.get("params") or {})
+        if info.get("func_name") == "LoadImaged" and _applies_to_input(info) and op.get("dimension_order_out"):
+            order = op["dimension_order_out"]
+            return sum(a in "ZYX" for a in str(order).upper()), f"the LoadImaged of IM (dimension_order_out {order!r})"
+    for key in ("spatial_dims", "dimensions"):
+        if params.get(key) is not None:
+            return int(params[key]), f"model.net's {key}={params[key]}"
+    return None
 
 
 def _divisor(net: Mapping[str, Any]) -> int:
@@ -206,7 +253,9 @@ class MmvIm2ImAdapter(Adapter):
         Spatial size multiple; default ``2**depth`` for fnet, the strides' product for MONAI nets.
     normalization
         What engines run without the adapter apply; default inferred from the config's
-        preprocessing (``norm_around_center`` and ``NormalizeIntensity`` read as zscore).
+        preprocessing for the input key ``IM`` (``norm_around_center`` and ``NormalizeIntensity``
+        read as zscore, ``ScaleIntensityRangePercentiles`` as percentile with its
+        ``b_min``/``b_max``, ``ScaleIntensity`` as minmax with its ``minv``/``maxv``).
     """
 
     name = "mmv_im2im"
@@ -258,18 +307,20 @@ class MmvIm2ImAdapter(Adapter):
         self.postprocess_ops = list(data.get("postprocess") or [])
 
         sliding = dict((model.get("model_extra") or {}).get("sliding_window_params") or {})
-        order = str(((data.get("inference_input") or {}).get("reader_params") or {}).get("dimension_order_out", ""))
-        spatial = "".join(a for a in order.lower() if a in "zyx")
+        declared = _declared_ndim(data, params)
         if tile is None:
             tile = sliding.get("roi_size")
             if tile is None:
                 msg = "the config has no model_extra.sliding_window_params.roi_size: give the tile, e.g. tile=[32, 128, 128]"
                 raise InputError(msg)
-        ndim = len(spatial) if spatial else (len(tile) if isinstance(tile, (list, tuple)) else 0)
+        self._tile = _tile(tile, declared[0] if declared else 0)
+        ndim = len(self._tile)
+        if declared and ndim != declared[0]:
+            msg = f"the tile {list(self._tile)} is {ndim}D but {declared[1]} makes the images {declared[0]}D: give a tile of {declared[0]} sizes"
+            raise InputError(msg)
         if ndim not in (2, 3):
             msg = "the spatial axes are not known: set data.inference_input.reader_params.dimension_order_out or give a tile per axis"
             raise InputError(msg)
-        self._tile = _tile(tile, ndim)
         self.sliding_mode = str(sliding.get("mode", "gaussian"))
         in_channels = int(params.get("in_channels", params.get("n_in_channels", 1)))
         self._out_channels = params.get("out_channels")
@@ -303,9 +354,24 @@ class MmvIm2ImAdapter(Adapter):
         if not isinstance(module, torch.nn.Module):
             msg = f"model.net {self.net_info.get('func_name')!r} built a {type(module).__name__}, not a torch network"
             raise InputError(msg)
+        self._check_dimensions(module)
         if self.checkpoint is not None:
             module.load_state_dict(self._network_state(module), strict=True)
         return module.eval().to(torch.device("cpu"))
+
+    def _check_dimensions(self, module: Any) -> None:
+        """Refuse a tile whose number of axes is not the network's (a 2D tile for a 3D network)."""
+        nn = import_torch("mmv_im2im").nn
+        convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+        first = next((m for m in module.modules() if isinstance(m, convs)), None)
+        ndim = self.input_spec.ndim
+        if first is not None and len(first.kernel_size) != ndim:
+            msg = (
+                f"model.net is {len(first.kernel_size)}D (its first layer is {type(first).__name__}) but the tile "
+                f"{list(self.input_spec.tile)} is {ndim}D: give a tile of {len(first.kernel_size)} sizes, or set "
+                "data.inference_input.reader_params.dimension_order_out"
+            )
+            raise InputError(msg)
 
     def _network_state(self, module: Any) -> dict[str, Any]:
         torch = import_torch("mmv_im2im")
@@ -365,15 +431,26 @@ class MmvIm2ImAdapter(Adapter):
         return y
 
     def evaluate(self, prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
-        """Dice for masks (integer or boolean results), SSIM for images of at least 7 pixels a side."""
+        """Mean Dice over the classes of label images; mean SSIM over the channels of images.
+
+        Integer or boolean results are label images, scored per class as MONAI's ``DiceMetric``
+        scores them (:func:`ebai.core.metrics.class_dice`). Float results are scored by SSIM on
+        each channel over the spatial axes alone (results without a channel axis as one
+        channel); spatial sides under 7 pixels (the SSIM window) give no score.
+        """
         from ebai.core import metrics
 
         pred, ref = np.asarray(prediction), np.asarray(target)
         if pred.dtype.kind in "biu" and ref.dtype.kind in "biu":
-            return {"dice": float(metrics.dice(pred, ref))}
-        if min(s for s in ref.shape if s > 1) < 7:
+            return {"dice": float(np.mean(metrics.class_dice(pred, ref)))}
+        ndim = self.input_spec.ndim
+        if ref.ndim == ndim:
+            pred, ref = pred[None], ref[None]
+        sides = [n for n in ref.shape[1:] if n > 1]  # SSIM drops axes of one pixel
+        if ref.ndim != ndim + 1 or not sides or min(sides) < 7:
             return {}
-        return {"ssim": float(metrics.ssim(pred.astype(np.float32), ref.astype(np.float32)))}
+        scores = [metrics.ssim(p, r) for p, r in zip(pred.astype(np.float32), ref.astype(np.float32), strict=True)]
+        return {"ssim": float(np.mean(scores))}
 
     def config(self) -> dict[str, Any]:
         """Return settings that rebuild this adapter."""

@@ -83,7 +83,7 @@ class MonaiAdapter(Adapter):
     task
         ``"regression"`` (denoising, restoration: the output is kept as is, SSIM as metric) or
         ``"segmentation"`` (softmax/argmax, or sigmoid > 0.5 for one channel, to a label image;
-        mean foreground Dice as metric).
+        mean Dice over the foreground classes as metric).
     """
 
     name = "monai"
@@ -171,7 +171,12 @@ class MonaiAdapter(Adapter):
         return np.argmax(output, axis=0).astype(np.uint16)
 
     def evaluate(self, prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
-        """Regression: SSIM; segmentation: mean Dice over the foreground classes of ``target``."""
+        """Regression: SSIM; segmentation: mean Dice over every foreground class of the network.
+
+        Per class as MONAI's ``DiceMetric(include_background=False, ignore_empty=False)``
+        (:func:`ebai.core.metrics.class_dice`): a class the target lacks but the prediction holds
+        scores 0, so an empty target is not passed by any prediction.
+        """
         from ebai.core import metrics
 
         if self.task == "regression":
@@ -179,9 +184,8 @@ class MonaiAdapter(Adapter):
             ref = np.asarray(target, dtype=np.float32)
             scores = [metrics.ssim(p, r) for p, r in zip(pred, ref, strict=True)]
             return {"ssim": float(np.mean(scores))}
-        classes = [int(c) for c in np.unique(target) if c != 0] or [1]
-        scores = [metrics.dice(prediction == c, target == c) for c in classes]
-        return {"dice": float(np.mean(scores))}
+        classes = max(2, int(self.args["out_channels"]))  # one channel: sigmoid, background and class 1
+        return {"dice": float(np.mean(metrics.class_dice(prediction, target, num_classes=classes)))}
 
     def config(self) -> dict[str, Any]:
         """Return settings that rebuild this adapter (the YAML file's keys)."""

@@ -216,6 +216,7 @@ def _lower_target(
     precision: str,
     root: Path,
     onnx_path: Path,
+    model: Any,
     source: ModelSource,
     split: SampleSplit,
     judge: FidelityJudge,
@@ -229,6 +230,8 @@ def _lower_target(
 
     ``changed`` says whether the network was pruned or fine-tuned (for the advice when refused);
     ``standard`` names where an automatic threshold came from (empty for the recipe's own).
+    ``onnx_path`` is the exported fp32 ONNX and ``model`` the torch module it was exported from;
+    a backend gets the one it lowers (see :attr:`ebai.core.Backend.lowers_module`).
     """
     spec = source.input_spec
     folder = f"{name}-{precision}"
@@ -237,6 +240,10 @@ def _lower_target(
     for i, options in enumerate(backend.variants(precision)):
 
         def lower(scratch: Path, options: Mapping[str, Any] = options) -> Lowering:
+            if backend.lowers_module:  # a backend that runs the network in PyTorch gets the module itself
+                return backend.lower_module(
+                    model, scratch, precision=precision, input_spec=spec, calibration=calibration, options=options
+                )
             return backend.lower(
                 onnx_path, scratch, precision=precision, input_spec=spec, calibration=calibration, options=options
             )
@@ -320,6 +327,7 @@ def _time_targets(
     lowered: Sequence[_Lowered],
     root: Path,
     default_onnx: Path,
+    default_module: Any,
     spec: Any,
     calibration: list[np.ndarray],
     batch: np.ndarray,
@@ -329,7 +337,8 @@ def _time_targets(
 
     The default is the original network lowered at the backend's ``default_precision`` and loaded
     with default engine options (those of the backend's ``"default"`` comparison variant where it
-    lists one): what the user gets from the backend without ebai.
+    lists one): what the user gets from the backend without ebai. A backend that lowers torch
+    modules gets the original module (``default_module``) instead of its ONNX.
     """
     engines: dict[str, Engine] = {}
     labels: dict[str, str] = {}
@@ -346,8 +355,9 @@ def _time_targets(
                 scratch.append(folder)
                 folder.mkdir()
                 try:
-                    default = backend.lower(
-                        default_onnx,
+                    lower = backend.lower_module if backend.lowers_module else backend.lower
+                    default = lower(
+                        default_module if backend.lowers_module else default_onnx,
                         folder,
                         precision=backend.default_precision,
                         input_spec=spec,
@@ -537,6 +547,7 @@ def compress(
                 recipe.precision_for(name),
                 writer.root,
                 exported.path,
+                model,
                 model_source,
                 split,
                 judge,
@@ -558,6 +569,7 @@ def compress(
                 lowered,
                 writer.root,
                 default_onnx,
+                original,
                 spec,
                 [t[np.newaxis] for t in split.calibration],
                 split.held_out_tiles[0][np.newaxis],

@@ -337,7 +337,8 @@ class Recipe:
     targets
         Backend names to lower to (``"openvino"``, ``"tensorrt"``), each stored in the artifact.
     precision
-        ``"fp32"``, ``"fp16"`` or ``"int8"`` for every target, or a mapping target -> precision.
+        ``"fp32"``, ``"tf32"``, ``"fp16"``, ``"bf16"`` or ``"int8"`` for every target (``tf32`` and ``bf16``: the
+        ``torch`` target only), or a mapping target -> precision.
     seed
         Seed of every random choice (held-out split, crops, distillation), for repeatable runs.
     """

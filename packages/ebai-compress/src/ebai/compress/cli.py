@@ -171,7 +171,11 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
 @click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Lower every target to fp16.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Lower every target to fp32.")
-@click.option("--target", "-t", "targets", multiple=True, help="Backend to lower to (openvino, tensorrt); repeatable.")
+@click.option("--bf16", "precision", flag_value="bf16", help="Lower every target to bf16 (torch target only).")
+@click.option("--tf32", "precision", flag_value="tf32", help="Lower every target to TF32 (torch target, CUDA GPUs).")
+@click.option(
+    "--target", "-t", "targets", multiple=True, help="Backend to lower to (openvino, tensorrt, torch); repeatable."
+)
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe file (YAML or TOML); options here override it.")
 @click.option("--steps", type=int, help="Distillation step budget after pruning (0: no fine-tuning).")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Artifact folder to write (name.ebai).")

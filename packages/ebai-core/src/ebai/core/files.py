@@ -26,7 +26,15 @@ from pathlib import Path
 
 from ebai.core.errors import InputError, OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "check_output", "check_writable_dir", "remove_stale", "stale_entries"]
+__all__ = [
+    "atomic_dir",
+    "atomic_file",
+    "check_output",
+    "check_writable_dir",
+    "remove_stale",
+    "stale_entries",
+    "user_cache_dir",
+]
 
 logger = logging.getLogger("ebai")
 
@@ -124,6 +132,19 @@ def check_output(path: Path, overwrite: bool, flag: str = "--overwrite") -> None
     if path.exists() and not overwrite:
         msg = f"output {str(path)!r} already exists: pass {flag} to replace it, or choose another path"
         raise OutputExistsError(msg)
+
+
+def user_cache_dir() -> Path:
+    """Per-user cache folder for ebai (``$EBAI_CACHE_DIR`` > ``$XDG_CACHE_HOME/ebai`` > ``~/.cache/ebai``).
+
+    Backends keep what they build or measure on the user's machine there (TensorRT engines, the
+    torch target's measured run choice) when the artifact's own ``cache/`` folder is not writable.
+    """
+    env = os.environ.get("EBAI_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "ebai"
 
 
 def _umask() -> int:

@@ -46,6 +46,7 @@ INSTALLS: dict[str, Install] = {
     "tensorrt": Install("ebai-tensorrt", ("cu12",)),
     "tensorrt-cu13": Install("ebai-tensorrt", ("cu13",)),
     "tensorrt-lowering": Install("ebai-tensorrt"),
+    "torch-target": Install("ebai-torch"),
     "compress": Install("ebai-compress"),
     "onnx-check": Install("ebai-compress", ("verify",)),
     "adapters": Install("ebai-adapters"),
@@ -64,6 +65,7 @@ INSTALLS: dict[str, Install] = {
 PLUGIN_HOMES: dict[tuple[str, str], str] = {
     ("ebai.backends", "openvino"): "openvino",
     ("ebai.backends", "tensorrt"): "tensorrt",
+    ("ebai.backends", "torch"): "torch-target",
     ("ebai.adapters", "torch"): "torch",
     ("ebai.adapters", "monai"): "monai",
     ("ebai.adapters", "cellpose"): "cellpose",

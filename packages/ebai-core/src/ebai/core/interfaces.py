@@ -1,7 +1,7 @@
 """The contracts between ebai packages.
 
 Adapters (``ebai-adapters``, or a tool's own package) provide a :class:`ModelSource` and a
-:class:`DataSource`; backends (``ebai-openvino``, ``ebai-tensorrt``) provide a :class:`Backend`,
+:class:`DataSource`; backends (``ebai-openvino``, ``ebai-tensorrt``, ``ebai-torch``) provide a :class:`Backend`,
 whose engines follow :class:`Engine`. ``ebai-compress`` joins them. Nothing here imports torch:
 model modules are typed as ``Any`` and loaded by the source only when asked for.
 """
@@ -28,8 +28,9 @@ __all__ = [
     "PRECISIONS",
 ]
 
-#: Precisions a recipe may ask a backend for.
-PRECISIONS = ("fp32", "fp16", "int8")
+#: Precisions a recipe may ask a backend for; each backend lists the ones it makes in ``precisions``
+#: (``tf32`` and ``bf16`` are GPU/PyTorch compute modes only the ``torch`` target makes).
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 
 
 @runtime_checkable
@@ -186,14 +187,18 @@ class ComparisonVariant:
 class Backend(ABC):
     """Lowers an fp32 ONNX model to a backend format and loads engines from it.
 
-    A backend never sees torch: ``ebai-compress`` hands it an ONNX file with a dynamic batch axis
-    plus preprocessed calibration batches.
+    ``ebai-compress`` hands a backend an ONNX file with a dynamic batch axis plus preprocessed
+    calibration batches. A backend that keeps the network in PyTorch sets :attr:`lowers_module`
+    and is given the (pruned, fine-tuned) ``torch.nn.Module`` through :meth:`lower_module` instead;
+    the rest of the flow (variants, guard, :meth:`load`) is the same for both kinds.
     """
 
     #: Entry-point name, e.g. ``"openvino"``.
     name: str = ""
     #: Precisions this backend can produce.
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    #: ``True`` when :meth:`lower_module` (the torch module) is to be called instead of :meth:`lower`.
+    lowers_module: bool = False
     #: The stored precision a user gets from this backend without ebai, loaded with the engine's
     #: default options: every compression is timed against it. What the hardware then computes in
     #: may differ (OpenVINO runs an fp32 model in bf16 on CPUs that have it; TensorRT allows TF32);
@@ -235,6 +240,25 @@ class Backend(ABC):
         ``calibration`` holds preprocessed input batches ``(N, C, *tile)`` float32 taken from the
         user's data; backends that need no calibration ignore it.
         """
+
+    def lower_module(
+        self,
+        module: Any,
+        out_dir: Path,
+        *,
+        precision: str,
+        input_spec: InputSpec,
+        calibration: Sequence[np.ndarray],
+        options: Mapping[str, Any] | None = None,
+    ) -> Lowering:
+        """Write the backend files for a ``torch.nn.Module`` (eval mode, on the CPU) into ``out_dir``.
+
+        Called instead of :meth:`lower` for backends whose :attr:`lowers_module` is ``True``; the
+        module is the network the ONNX file would have been exported from. Other backends need not
+        implement it.
+        """
+        msg = f"backend {self.name!r} lowers ONNX files, not torch modules: call lower() with the exported ONNX"
+        raise NotImplementedError(msg)
 
     def lower_with_accuracy_control(
         self,

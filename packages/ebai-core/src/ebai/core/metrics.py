@@ -3,7 +3,8 @@
 The accuracy guard scores every compressed target with these against the original model's output
 on held-out images: :func:`pearson` and :func:`max_abs_error` for any image output, :func:`ssim`
 for restoration, :func:`dice`/:func:`iou` for semantic masks and :func:`average_precision` for
-instance segmentation (cellpose, StarDist). None needs scipy or scikit-image; :func:`ssim`
+instance segmentation (cellpose, StarDist); :func:`class_dice` scores each class of label
+images as MONAI's ``DiceMetric`` does. None needs scipy or scikit-image; :func:`ssim`
 reproduces ``skimage.metrics.structural_similarity`` with its default settings.
 """
 
@@ -14,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ebai.core.errors import InputError
 
-__all__ = ["average_precision", "dice", "iou", "max_abs_error", "pearson", "ssim"]
+__all__ = ["average_precision", "class_dice", "dice", "iou", "max_abs_error", "pearson", "ssim"]
 
 
 def _pair(a: np.ndarray, b: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +152,42 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.logical_and(x, y).sum()) / total
+
+
+def class_dice(pred_labels: np.ndarray, true_labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """Dice of each foreground class ``1 .. num_classes - 1`` of two label images.
+
+    Equals MONAI's ``DiceMetric(include_background=False, reduction="none", ignore_empty=False)``
+    on the one-hot label images: a class in one image only scores 0.0 and a class in neither
+    scores 1.0 (they agree). So a prediction that swaps every class scores 0.0, and one that finds
+    a class the target lacks is penalised rather than skipped.
+
+    Parameters
+    ----------
+    pred_labels, true_labels
+        Integer (or boolean) label images of one shape; 0 is background.
+    num_classes
+        Number of classes, background included; default one more than the largest label in
+        either image, and at least 2.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 Dice per foreground class, class 1 first.
+    """
+    a, b = _pair(pred_labels, true_labels, "class_dice")
+    if a.dtype.kind not in "biu" or b.dtype.kind not in "biu":
+        msg = f"class_dice needs integer label images, got {a.dtype} and {b.dtype}: turn scores into labels first (argmax or a threshold)"
+        raise InputError(msg)
+    a, b = a.astype(np.int64), b.astype(np.int64)
+    low, high = min(int(a.min()), int(b.min())), max(int(a.max()), int(b.max()))
+    classes = max(2, high + 1) if num_classes is None else int(num_classes)
+    if low < 0 or high >= classes:
+        msg = f"labels span {low}..{high} but there are {classes} classes: give labels 0..{classes - 1} or the right num_classes"
+        raise InputError(msg)
+    both = np.bincount(a[a == b], minlength=classes)[1:classes]
+    total = np.bincount(a.ravel(), minlength=classes)[1:classes] + np.bincount(b.ravel(), minlength=classes)[1:classes]
+    return np.where(total > 0, 2.0 * both / np.maximum(total, 1), 1.0)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

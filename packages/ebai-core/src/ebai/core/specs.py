@@ -24,14 +24,18 @@ NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
 class Normalization:
     """Intensity normalisation applied to each raw sample before the model sees it.
 
-    ``percentile`` maps the ``low``/``high`` percentiles of each channel to 0 and 1 (cellpose, CARE
-    style); ``zscore`` subtracts the mean and divides by the standard deviation of each channel;
-    ``minmax`` maps each channel's range to [0, 1]; ``none`` only casts to float32.
+    ``percentile`` maps the ``low``/``high`` percentiles of each channel to ``out_low`` and
+    ``out_high`` (0 and 1 by default: cellpose, CARE style; -1 and 1 for MONAI's
+    ``ScaleIntensityRangePercentiles(b_min=-1, b_max=1)``); ``zscore`` subtracts the mean and
+    divides by the standard deviation of each channel; ``minmax`` maps each channel's range to
+    ``[out_low, out_high]``; ``none`` only casts to float32.
     """
 
     kind: str = "none"
     low: float = 1.0
     high: float = 99.8
+    out_low: float = 0.0
+    out_high: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in NORMALIZATIONS:
@@ -39,6 +43,9 @@ class Normalization:
             raise InputError(msg)
         if self.kind == "percentile" and not 0 <= self.low < self.high <= 100:
             msg = f"percentile normalisation needs 0 <= low < high <= 100, got {self.low} and {self.high}"
+            raise InputError(msg)
+        if self.kind not in ("percentile", "minmax") and (self.out_low, self.out_high) != (0.0, 1.0):
+            msg = f"{self.kind} normalisation has no output range, got out_low={self.out_low}, out_high={self.out_high}: drop them"
             raise InputError(msg)
 
     def apply(self, sample: np.ndarray) -> np.ndarray:
@@ -76,6 +83,9 @@ class Normalization:
         scale = np.maximum(hi - lo, 1e-8).reshape(shape).astype(np.float32)
         out = np.subtract(x, np.asarray(lo).reshape(shape).astype(np.float32), dtype=np.float32)
         out /= scale  # in place: one image-sized array on top of the input, not three
+        if (self.out_low, self.out_high) != (0.0, 1.0):  # as MONAI's ScaleIntensityRange
+            out *= np.float32(self.out_high - self.out_low)
+            out += np.float32(self.out_low)
         return out
 
     def to_dict(self) -> dict[str, Any]:

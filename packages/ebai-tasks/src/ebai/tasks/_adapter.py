@@ -60,6 +60,23 @@ class TaskAdapter(Adapter):
         """Normalise a raw image as the task does."""
         return self.task.preprocess(sample)
 
+    def run_tiled(
+        self,
+        image: np.ndarray,
+        infer: Callable[[np.ndarray], np.ndarray],
+        *,
+        batch_size: int = 4,
+        overlap: float | None = None,
+        fixed_tile: bool = True,
+        progress_desc: str | None = None,
+    ) -> np.ndarray:
+        """Tile as the task's tool does (cellpose's padding and tiles for the nuclei), else ebai's tiler."""
+        tool = self.task.tool_adapter()
+        runner = super() if tool is None else tool
+        return runner.run_tiled(
+            image, infer, batch_size=batch_size, overlap=overlap, fixed_tile=fixed_tile, progress_desc=progress_desc
+        )
+
     def postprocess(self, output: np.ndarray) -> np.ndarray:
         """Turn a network output into the task's result (an image, or a label image)."""
         return self.task.postprocess(output)

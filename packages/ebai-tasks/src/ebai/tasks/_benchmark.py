@@ -68,15 +68,10 @@ def accuracy_pass(
     targets: np.ndarray,
 ) -> tuple[float, list[np.ndarray], list[np.ndarray], float]:
     """Run the variant over every held-out volume: metric, raw outputs, results, seconds."""
-    from ebai.core.tiling import predict_tiled
-
-    spec = adapter.input_spec
     raw_outputs, results, scores = [], [], []
     started = time.perf_counter()
     for x, y in zip(inputs, targets, strict=True):
-        out = predict_tiled(
-            adapter.preprocess(x), variant.infer, spec.tile, overlap=spec.overlap, batch_size=1, divisor=spec.divisor
-        )
+        out = adapter.run_tiled(adapter.preprocess(x), variant.infer, batch_size=1)
         result = adapter.postprocess(out)
         raw_outputs.append(out)
         results.append(result)

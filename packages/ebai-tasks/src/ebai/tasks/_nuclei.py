@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ebai.adapters._cellpose import CellposeAdapter
+from ebai.core.errors import InputError
 from ebai.core.install_hints import install_line
 from ebai.core.specs import Normalization
 from ebai.tasks import _synthetic as syn
@@ -28,6 +30,22 @@ NBASE = (1, 16, 32, 64)
 DIAMETER = 17.0
 #: cellpose scales flows by 5 in training and divides by 5 when following them.
 _FLOW_SCALE = 5.0
+
+
+class _TaskCellpose(CellposeAdapter):
+    """cellpose's normalisation, padding, tiling and dynamics around the task's network.
+
+    It has no weights of its own: the task's network is the shipped one
+    (:class:`~ebai.tasks.TaskAdapter`), so it refuses to build a (random) network.
+    """
+
+    def load_module(self) -> Any:
+        """Refuse: the network of the nuclei task comes with the task's weights, not from here."""
+        msg = (
+            "the nuclei task's cellpose adapter holds no weights and would run a random network: "
+            "use TaskAdapter('nuclei') for the shipped network, or pass infer= to predict"
+        )
+        raise InputError(msg)
 
 
 class NucleiTask(Task):
@@ -55,20 +73,24 @@ class NucleiTask(Task):
     min_distill_steps = 150
     plan = TrainingPlan(samples=64, shape=(128, 128), crop=(96, 96), steps=800, batch=8, lr=2e-3)
 
-    def _cellpose_adapter(self) -> Any:
-        from ebai.adapters._cellpose import CellposeAdapter
+    def _cellpose_settings(self) -> dict[str, Any]:
+        return {
+            "nbase": list(NBASE),
+            "nout": 3,
+            "sz": 3,
+            "diam_mean": DIAMETER,
+            "channels": 1,
+            "tile": list(self.tile),
+            "overlap": self.overlap,
+            "percentile": (self.normalization.low, self.normalization.high),
+        }
 
-        return CellposeAdapter(
-            None,
-            nbase=list(NBASE),
-            nout=3,
-            sz=3,
-            diam_mean=DIAMETER,
-            channels=1,
-            tile=list(self.tile),
-            overlap=self.overlap,
-            percentile=(self.normalization.low, self.normalization.high),
-        )
+    def _cellpose_adapter(self) -> CellposeAdapter:
+        return _TaskCellpose(None, **self._cellpose_settings())
+
+    def tool_adapter(self) -> CellposeAdapter:
+        """Return the cellpose adapter: the network runs on cellpose's padded tiles."""
+        return self._cellpose_adapter()
 
     def _sample(self, seed: int, index: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         rng = syn.sample_rng(seed, index, self.stream)
@@ -100,7 +122,7 @@ class NucleiTask(Task):
 
     def build_model(self) -> Any:
         """Cellpose's ``CPnet`` with :data:`NBASE`, returning flows and cell probability only."""
-        return self._cellpose_adapter().load_module().train()
+        return CellposeAdapter(None, **self._cellpose_settings()).load_module().train()
 
     def preprocess(self, sample: np.ndarray) -> np.ndarray:
         """Cellpose's own normalisation (1st-99th percentile)."""

@@ -199,6 +199,10 @@ class Task(ABC):
 
         return TaskAdapter(self.name)
 
+    def tool_adapter(self) -> Any | None:
+        """Return the tool's adapter whose padding and tiling the network needs; ``None``: ebai's tiler."""
+        return None
+
     @property
     def input_spec(self) -> InputSpec:
         """Input layout, tile and tiling hints of the network."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from ebai.core.artifact import sha256_file
 from ebai.core.errors import ArtifactError, BackendUnavailableError, InputError
-from ebai.core.interfaces import PRECISIONS, Backend, Lowering, Metric
+from ebai.core.interfaces import Backend, Lowering, Metric
 from ebai.core.specs import InputSpec
 from ebai.tensorrt._build import (
     BUILD_OPTIONS,
@@ -71,7 +71,7 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
-    precisions = PRECISIONS
+    precisions = ("fp32", "fp16", "int8")
 
     def available(self) -> str | None:
         """``None`` when TensorRT, the CUDA bindings, a GPU and a recent enough driver are here."""
@@ -270,6 +270,8 @@ class TensorRTBackend(Backend):
         settings = BuildSettings.from_options(build_opts, shape)
 
         trt = import_tensorrt()
+        if lowering.precision == "int8":
+            _check_transposed_scales(entry, str(trt.__version__))
         cuda = CudaRuntime.load()
         device = cuda.device(int(options.get("device", 0)))
         identity = DeviceIdentity(device.name, device.compute_capability, str(trt.__version__))
@@ -340,6 +342,29 @@ class TensorRTBackend(Backend):
             "sample_shape": list(settings.input_shape),
         }
         return runner
+
+
+#: First TensorRT that builds int8 transposed convolutions with per-channel weight scales on axis 1
+#: (NVIDIA/TensorRT#2380, #1519; NVIDIA's quantization tools moved to axis 1 with 10.2).
+PER_CHANNEL_DECONV = (10, 2)
+
+
+def _check_transposed_scales(entry: Path, version: str) -> None:
+    """Refuse, before a long build fails, a per-channel int8 ConvTranspose on TensorRT < 10.2."""
+    from ebai.core.install_hints import install_line
+    from ebai.tensorrt._plugin import _version_tuple
+    from ebai.tensorrt._qdq import describe_qdq
+
+    if _version_tuple(version)[:2] >= PER_CHANNEL_DECONV:
+        return
+    deconv = [w["node"] for w in describe_qdq(entry)["weights"] if w["op"] == "ConvTranspose" and w.get("per_channel")]
+    if deconv:
+        msg = (
+            f"TensorRT {version} cannot build int8 transposed convolutions with per-channel weight scales "
+            f"({len(deconv)} in this model, e.g. {deconv[0]}; supported from TensorRT 10.2): "
+            f"{install_line('tensorrt')} (TensorRT >= 10.2), or use the fp16 target"
+        )
+        raise BackendUnavailableError(msg)
 
 
 def _cuda_version(code: int) -> str:

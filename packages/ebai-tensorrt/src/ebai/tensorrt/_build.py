@@ -1,7 +1,7 @@
 """Building a TensorRT engine from the lowered ONNX, with the TensorRT >= 10 Python API.
 
-The network is strongly typed (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; always on and the
-flag ignored from TensorRT 11): every layer runs in the type the ONNX gives it, so no precision
+The network is strongly typed (``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` on TensorRT 10;
+always on, the flag deprecated and ignored, from TensorRT 11): every layer runs in the type the ONNX gives it, so no precision
 builder flag is set (TensorRT 11 removed INT8 and FP16 flags; "use explicit quantization with
 strong typing, precision-control build flags are not required and should not be specified").
 One optimization profile covers the dynamic batch (min/opt/max batch over the tile shape), the
@@ -54,11 +54,7 @@ def import_tensorrt() -> ModuleType:
         msg = f"TensorRT is not installed ({exc}): {INSTALL}"
         raise MissingDependencyError(msg) from exc
     version = str(getattr(tensorrt, "__version__", "0"))
-    try:
-        major = int(version.split(".")[0])
-    except ValueError:
-        major = 0
-    if major < 10:
+    if tensorrt_major(tensorrt) < 10:
         msg = f"TensorRT {version} is too old (ebai needs TensorRT >= 10 for strongly typed explicit quantization): {INSTALL}"
         raise MissingDependencyError(msg)
     return tensorrt
@@ -176,6 +172,26 @@ class BuildSettings:
         return (self.min_batch, *tail), (self.opt_batch, *tail), (self.max_batch, *tail)
 
 
+def network_flags(trt: ModuleType) -> int:
+    """Network creation flags: strongly typed on TensorRT 10 (``1 << STRONGLY_TYPED``, which is 2).
+
+    TensorRT 11 builds every network strongly typed and keeps the flag (value 0) only for API
+    compatibility, ignored and deprecated, so nothing is passed there.
+    """
+    strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strong is None or tensorrt_major(trt) >= 11:
+        return 0
+    return 1 << int(strong)
+
+
+def tensorrt_major(trt: ModuleType) -> int:
+    """Major version of the imported TensorRT (0 when it cannot be read)."""
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except ValueError:
+        return 0
+
+
 def _first_error(trt_logger: Any, default: str) -> str:
     errors = getattr(trt_logger, "errors", [])
     return errors[0] if errors else default
@@ -192,9 +208,11 @@ def build_serialized(
 
     Raises :class:`BackendUnavailableError` with TensorRT's first error when parsing or building fails.
     """
+    errors = getattr(trt_logger, "errors", None)
+    if isinstance(errors, list):  # only this build's errors explain its failure (not a cached engine's)
+        errors.clear()
     builder = trt.Builder(trt_logger)
-    strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    network = builder.create_network(0 if strong is None else 1 << int(strong))
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ebai.core.files import atomic_file
+from ebai.core.files import atomic_file, user_cache_dir
 
 __all__ = ["CACHE_FORMAT", "DeviceIdentity", "EngineStore", "cache_key", "default_cache_dirs", "user_cache_dir"]
 
@@ -67,15 +66,6 @@ def cache_key(identity: DeviceIdentity, onnx_sha256: str, build: Mapping[str, An
     """Hex key of everything an engine depends on; any change gives another key."""
     payload = {"format": CACHE_FORMAT, "device": identity.as_dict(), "onnx_sha256": onnx_sha256, "build": dict(build)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def user_cache_dir() -> Path:
-    """Per-user cache folder for ebai (``$EBAI_CACHE_DIR`` > ``$XDG_CACHE_HOME/ebai`` > ``~/.cache/ebai``)."""
-    env = os.environ.get("EBAI_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "ebai"
 
 
 def default_cache_dirs(target_dir: Path, override: Path | str | None = None) -> list[Path]:

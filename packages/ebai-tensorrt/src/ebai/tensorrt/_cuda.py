@@ -67,14 +67,30 @@ def _error_name(err: Any) -> str:
 class CudaRuntime:
     """Thin, checked wrapper of the cuda-python runtime module (injected for tests)."""
 
-    def __init__(self, cudart: ModuleType) -> None:
+    def __init__(self, cudart: ModuleType, native_handle: Any = None) -> None:
         self.rt = cudart
         self._success = cudart.cudaError_t.cudaSuccess
+        self._native_handle = native_handle
 
     @classmethod
     def load(cls) -> CudaRuntime:
-        """Import the bindings (see :func:`import_cudart`) and wrap them."""
-        return cls(import_cudart())
+        """Import the bindings (see :func:`import_cudart`) and wrap them.
+
+        ``cuda.bindings.utils.get_cuda_native_handle`` (cuda-python >= 12.8) is used to hand
+        streams to TensorRT where it exists: ``int(stream)`` is deprecated in cuda-bindings 13.
+        """
+        runtime = import_cudart()
+        try:
+            from cuda.bindings.utils import get_cuda_native_handle
+        except ImportError:
+            get_cuda_native_handle = None
+        return cls(runtime, get_cuda_native_handle)
+
+    def stream_handle(self, stream: Any) -> int:
+        """Return the address of ``stream`` as an int, for ``execute_async_v3``."""
+        if self._native_handle is not None:
+            return int(self._native_handle(stream))
+        return int(stream)
 
     def _message(self, err: Any) -> str:
         try:
@@ -161,7 +177,7 @@ class CudaRuntime:
         self.call("cudaFreeHost", self.rt.cudaFreeHost(ptr))
 
     def stream_create(self) -> Any:
-        """Create a CUDA stream (pass ``int(stream)`` to TensorRT)."""
+        """Create a CUDA stream (pass :meth:`stream_handle` of it to TensorRT)."""
         return self.call("cudaStreamCreate", self.rt.cudaStreamCreate())
 
     def stream_destroy(self, stream: Any) -> None:

@@ -214,7 +214,7 @@ class TensorRTEngine(Engine):
         self._bind()
         cuda, stream = self._cuda, self._stream
         cuda.copy_to_device(self._d_in, self._h_in.ctypes.data, run * self._in_item, stream)
-        if not self._context.execute_async_v3(int(stream)):
+        if not self._context.execute_async_v3(cuda.stream_handle(stream)):
             msg = "TensorRT failed to run the batch (see the log with --debug): check GPU memory with nvidia-smi"
             raise BackendUnavailableError(msg)
         cuda.copy_to_host(self._h_out.ctypes.data, self._d_out, run * self._out_item, stream)

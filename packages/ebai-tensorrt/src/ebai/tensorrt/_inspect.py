@@ -4,8 +4,9 @@ A strongly typed engine runs each layer in the type the ONNX gives it, but a lay
 int8 (or fp16) kernel for still runs, in a higher precision, without any error. The inspector's
 JSON (``ProfilingVerbosity.DETAILED``, with an execution context so that dynamic shapes resolve)
 names each fused layer with its input/output formats, e.g. ``"Row major linear FP32"`` or
-``"Thirty-two wide channel vectorized row major Int8 format"`` (``"Float"``/``"Half"``/``"Int8"``
-in short form), and its weights type. This module turns that into a :class:`LayerReport`, whose
+``"Thirty-two wide channel vectorized row major Int8 format"`` in TensorRT 10's ``Format/Datatype``
+field, or a ``DataType`` (``"Float"``/``"Half"``/``"Int8"``) beside the ``Format`` in TensorRT 11,
+and its weights type. This module turns that into a :class:`LayerReport`, whose
 ``fallbacks`` list the compute layers (convolutions, transposed convolutions, matrix products)
 that do not run at the target precision: a silent fp32 ConvTranspose3d becomes visible.
 """
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LayerInfo", "LayerReport", "dtype_from_format", "parse_engine_information"]
+__all__ = ["LayerInfo", "LayerReport", "dtype_from_format", "parse_engine_information", "tensor_dtype"]
 
 #: (substring of a lower-cased format string, precision), most specific first.
 _TOKENS = (
@@ -49,6 +50,20 @@ def dtype_from_format(text: str | None) -> str:
     for token, name in _TOKENS:
         if token in low:
             return name
+    return "unknown"
+
+
+def tensor_dtype(tensor: Mapping[str, Any]) -> str:
+    """Precision of one layer input/output entry, in either inspector layout.
+
+    TensorRT 10 writes one ``"Format/Datatype"`` string (``"Row major linear FP32"``); TensorRT 11
+    splits it into ``"Format"`` (the memory layout, which may not name a type) and ``"DataType"``
+    (``"Float"``, ``"Half"``, ``"Int8"``). The first field that names a known type wins.
+    """
+    for key in ("DataType", "Format/Datatype", "Format"):
+        found = dtype_from_format(str(tensor[key])) if tensor.get(key) else "unknown"
+        if found != "unknown":
+            return found
     return "unknown"
 
 
@@ -183,8 +198,8 @@ def parse_engine_information(text: str, target: str) -> LayerReport:
         if not isinstance(item, Mapping):
             continue
         detailed = True
-        ins = [dtype_from_format(t.get("Format/Datatype")) for t in item.get("Inputs", []) if isinstance(t, Mapping)]
-        outs = [dtype_from_format(t.get("Format/Datatype")) for t in item.get("Outputs", []) if isinstance(t, Mapping)]
+        ins = [tensor_dtype(t) for t in item.get("Inputs", []) if isinstance(t, Mapping)]
+        outs = [tensor_dtype(t) for t in item.get("Outputs", []) if isinstance(t, Mapping)]
         weights = item.get("Weights")
         layers.append(
             LayerInfo(

@@ -12,7 +12,15 @@ from ebai.core.hardware import cpu_info, nvidia_gpus
 from ebai.core.install_hints import install_line
 from ebai.core.plugins import ADAPTERS, BACKENDS, CLI, get_plugin, plugin_names
 
-_PACKAGES = ("ebai-core", "ebai-compress", "ebai-openvino", "ebai-tensorrt", "ebai-adapters", "ebai-tasks")
+_PACKAGES = (
+    "ebai-core",
+    "ebai-compress",
+    "ebai-openvino",
+    "ebai-tensorrt",
+    "ebai-torch",
+    "ebai-adapters",
+    "ebai-tasks",
+)
 
 
 def _plugins(group: str) -> list[dict[str, str | bool]]:
@@ -139,11 +147,17 @@ def info(artifact: Path | None, as_json: bool) -> None:
             click.echo(f"  none installed ({hint})")
         for row in rows:  # type: ignore[union-attr]
             state = "available" if row["available"] else f"unavailable: {row['reason']}"
-            if row["available"] and row.get("details"):
-                state += f" ({row['details']})"
             click.echo(f"  {row['name']:<12} {row['package']:<26} {state}")
+            if row["available"] and row.get("details"):  # one fact per line: torch lists every GPU
+                for part in str(row["details"]).split("; "):
+                    click.echo(f"  {'':<12} {'':<26} {part}")
     cpu = data["cpu"]
     feats = ", ".join(cpu["features"]) or "none of AVX2/AVX-512/VNNI/AMX"  # type: ignore[index]
     click.echo(f"cpu: {cpu['model']} ({cpu['cores']} logical cores); features: {feats}")  # type: ignore[index]
-    gpus = data["gpus"] or ["none found (nvidia-smi absent or no NVIDIA GPU)"]
-    click.echo("gpus: " + "; ".join(gpus))  # type: ignore[arg-type]
+    gpus = data["gpus"]
+    if not gpus:
+        click.echo("gpus: none found (nvidia-smi absent or no NVIDIA GPU)")
+        return
+    click.echo("gpus (CUDA devices, as nvidia-smi numbers them):")
+    for i, gpu in enumerate(gpus):  # type: ignore[arg-type]
+        click.echo(f"  cuda:{i:<3} {gpu}")

@@ -147,17 +147,25 @@ def _predict_one(
     overlap: float,
     batch_size: int,
     nan_policy: str,
+    run_tiled: Callable[..., np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Read, check, prepare, tile and finish one image; each stage drops the previous array."""
+    """Read, check, prepare, tile and finish one image; each stage drops the previous array.
+
+    ``run_tiled`` is the adapter's tiling (cellpose pads and tiles its own way); without an
+    adapter, ebai's tiler runs with the spec's tile.
+    """
     from ebai.core.imageio import read_image, to_sample
     from ebai.core.tiling import predict_tiled
 
     sample = _apply_nan_policy(to_sample(read_image(path), spec, path.name), nan_policy, path)
     x = np.asarray(pre(sample), dtype=np.float32)
     del sample
-    output = predict_tiled(
-        x, engine, spec.tile, overlap=overlap, batch_size=batch_size, divisor=spec.divisor, progress_desc=path.name
-    )
+    if run_tiled is not None:
+        output = run_tiled(x, engine, batch_size=batch_size, overlap=overlap, progress_desc=path.name)
+    else:
+        output = predict_tiled(
+            x, engine, spec.tile, overlap=overlap, batch_size=batch_size, divisor=spec.divisor, progress_desc=path.name
+        )
     del x
     result = np.asarray(post(output)) if post is not None else output
     if result.ndim == spec.ndim + 1 and result.shape[0] == 1:
@@ -219,8 +227,9 @@ def run(
 
     Each image is prepared by the adapter the artifact was made with (its preprocessing, as during
     compression) when that adapter is installed, otherwise normalised as the artifact's input spec
-    records; then cut into overlapping tiles, run through the compiled model and blended back, and
-    finished by the adapter's post-processing (e.g. masks) unless --raw. Each prediction is written
+    records; then cut into overlapping tiles (as the adapter's tool cuts them: cellpose pads and
+    tiles its own way), run through the compiled model and blended back, and finished by the
+    adapter's post-processing (e.g. masks) unless --raw. Each prediction is written
     atomically under the input's name, so an interrupted run leaves no partial file and a rerun
     skips what is done. Images that cannot be read or hold NaN/Inf are listed at the end and the
     run exits with status 1; the others are all written.
@@ -294,6 +303,8 @@ def run(
     adapter, why = load_adapter(art.manifest.source)
     pre = adapter.preprocess if adapter is not None else spec.normalization.apply
     post = adapter.postprocess if adapter is not None and not raw else None
+    # an ebai.adapters adapter tiles as its tool does (cellpose pads and tiles its own way)
+    run_tiled = getattr(adapter, "run_tiled", None)
     if adapter is None and art.manifest.source.get("adapter"):
         lost = "" if raw else " and writing the raw model output"
         click.echo(f"warning: {why}: normalising with the artifact's recorded settings{lost}", err=True)
@@ -317,6 +328,7 @@ def run(
                     overlap=spec.overlap if overlap is None else overlap,
                     batch_size=batch_size,
                     nan_policy=nan_policy,
+                    run_tiled=run_tiled,
                 )
             except (EbaiError, MemoryError) as exc:
                 reason = str(exc) if isinstance(exc, EbaiError) else f"{str(path)!r} ran out of memory"
