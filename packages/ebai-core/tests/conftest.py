@@ -6,6 +6,7 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +102,46 @@ def manifest() -> Manifest:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def write_ome_zarr() -> Callable[..., None]:
+    """Write a two-level OME-Zarr image by hand: NGFF ``"0.4"`` (Zarr v2) or ``"0.5"`` (Zarr v3).
+
+    ``axes`` names the axes of ``data`` (``"czyx"``), ``scale`` the pixel size of level 0; the
+    last two axes are halved in level 1.
+    """
+
+    def write(path: Path, data: np.ndarray, version: str, axes: str, scale: list[float]) -> None:
+        import zarr
+
+        group = zarr.open_group(store=str(path), mode="w", zarr_format=3 if version == "0.5" else 2)
+        for level in (0, 1):
+            f = 2**level
+            sub = data[(Ellipsis, slice(None, None, f), slice(None, None, f))]
+            chunks = tuple(max(1, s // 2) for s in sub.shape)
+            group.create_array(str(level), shape=sub.shape, chunks=chunks, dtype=sub.dtype)[...] = sub
+        ms = {
+            "axes": [
+                {"name": a, "type": "channel"} if a == "c" else {"name": a, "type": "space", "unit": "micrometer"}
+                for a in axes
+            ],
+            "datasets": [
+                {
+                    "path": str(level),
+                    "coordinateTransformations": [
+                        {
+                            "type": "scale",
+                            "scale": [s * (2**level if i >= len(axes) - 2 else 1) for i, s in enumerate(scale)],
+                        }
+                    ],
+                }
+                for level in (0, 1)
+            ],
+        }
+        if version == "0.5":
+            group.attrs["ome"] = {"version": "0.5", "multiscales": [ms], "omero": {"channels": []}}
+        else:
+            group.attrs.update({"multiscales": [{"version": "0.4", **ms}], "omero": {"channels": []}})
+
+    return write

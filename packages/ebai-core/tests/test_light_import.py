@@ -20,6 +20,11 @@ HEAVY = (
     "PIL",
     "tifffile",
     "tqdm",
+    "dask",
+    "distributed",
+    "zarr",
+    "dask_jobqueue",
+    "ome_zarr",
 )
 
 CODE = f"""
@@ -27,6 +32,7 @@ import json, sys
 import ebai.core
 import ebai.core.tiling, ebai.core.metrics, ebai.core.latency, ebai.core.energy
 import ebai.core.imageio, ebai.core.data, ebai.core.hardware, ebai.core.cli, ebai.core.commands.info
+import ebai.core.largeio, ebai.core.blocks, ebai.core.distributed, ebai.core.commands.run
 from ebai.core import Artifact, ImageFiles, InputSpec, PluginSpec, get_backend
 from ebai.core.tiling import predict_tiled
 from ebai.core.metrics import pearson

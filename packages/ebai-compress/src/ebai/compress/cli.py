@@ -183,7 +183,12 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
 )
 @click.option("--divisor", type=int, help="Spatial sizes the model takes must be multiples of this.")
 @click.option(
-    "--data", "-d", "data", multiple=True, required=True, help="Image folder, file or glob (TIFF/PNG/NPY); repeatable."
+    "--data",
+    "-d",
+    "data",
+    multiple=True,
+    required=True,
+    help="Image folder, file or glob (TIFF/PNG/NPY, Zarr/OME-Zarr; of a large image only the centre is read); repeatable.",
 )
 @click.option(
     "--prune",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ebai.core.errors import InputError, MissingDependencyError
-from ebai.core.imageio import list_images, read_image, to_sample
+from ebai.core.imageio import read_image, to_sample
 from ebai.core.specs import InputSpec
 
 __all__ = ["ArraySource", "ImageFiles"]
@@ -41,7 +41,18 @@ class ImageFiles:
         self.spec = spec
 
     # the two steps a source over other formats replaces (ebai-adapters' BioImageFiles does)
-    find = staticmethod(list_images)
+    @staticmethod
+    def find(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+        """List the images: :func:`~ebai.core.imageio.list_images`, plus Zarr/OME-Zarr folders."""
+        from ebai.core.imageio import IMAGE_SUFFIXES, expand_inputs
+        from ebai.core.largeio import is_zarr
+
+        def is_image(p: Path) -> bool:
+            return is_zarr(p) or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+        readable = ", ".join(IMAGE_SUFFIXES) + " or Zarr"
+        return expand_inputs(inputs, is_image, readable=readable, sources="image files, folders or glob patterns")
+
     read = staticmethod(read_image)
 
     def __len__(self) -> int:
@@ -52,7 +63,18 @@ class ImageFiles:
             yield self.load(path)
 
     def load(self, path: Path) -> np.ndarray:
-        """Read one file and bring it to the model's layout, naming the file in any error."""
+        """Read one file and bring it to the model's layout, naming the file in any error.
+
+        An image too large for memory (any Zarr, or a TIFF/NPY over half the memory) is read lazily
+        and only its centre, up to 4 tiles along each axis (:func:`~ebai.core.largeio.read_crop`):
+        compression cuts its calibration, fine-tuning and guard tiles from that crop.
+        """
+        from ebai.core.largeio import large_available, needs_blocks, read_crop
+
+        if needs_blocks(Path(path)) and large_available():
+            sample = read_crop(path, self.spec)
+            self.spec.check_sample(sample, f"image {str(path)!r}")
+            return sample
         try:
             array = self.read(Path(path))
         except (InputError, MissingDependencyError):

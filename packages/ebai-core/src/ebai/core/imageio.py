@@ -17,7 +17,16 @@ from ebai.core.errors import InputError, MissingDependencyError
 from ebai.core.files import atomic_file
 from ebai.core.specs import InputSpec
 
-__all__ = ["IMAGE_SUFFIXES", "expand_inputs", "list_images", "probe_image", "read_image", "to_sample", "write_tiff"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "expand_inputs",
+    "list_images",
+    "probe_image",
+    "read_image",
+    "sample_axes",
+    "to_sample",
+    "write_tiff",
+]
 
 #: File suffixes :func:`list_images` collects and :func:`read_image` reads.
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -178,12 +187,62 @@ def probe_image(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
     raise InputError(msg)
 
 
+def sample_axes(shape: Sequence[int], spec: InputSpec, what: str = "image") -> tuple[tuple[int, ...], int | None]:
+    """Which stored axes an image of ``shape`` drops and which holds its channels, for ``spec``.
+
+    The rule of :func:`to_sample`, from the shape alone, so that images read region by region
+    (:mod:`ebai.core.largeio`) are laid out exactly as images read whole.
+
+    Returns
+    -------
+    tuple
+        The dropped axes (length 1, beyond the model's dimensions) and the channel axis, both as
+        positions in ``shape``; the channel axis is ``None`` when the image has none (one channel).
+
+    Raises
+    ------
+    InputError
+        When the dimensions or the channel count do not fit the model.
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = spec.ndim
+    kept = list(range(len(shape)))
+    dropped = []
+    while len(kept) > ndim + 1 and any(shape[a] == 1 for a in kept):
+        axis = next(a for a in kept if shape[a] == 1)
+        kept.remove(axis)
+        dropped.append(axis)
+    if len(kept) == ndim:
+        if spec.channels != 1:
+            msg = (
+                f"{what} has shape {shape} with no channel axis but the model takes "
+                f"{spec.channels} channels: give images with a channel axis of {spec.channels}"
+            )
+            raise InputError(msg)
+        return tuple(dropped), None
+    if len(kept) == ndim + 1:
+        candidates = [0, len(kept) - 1] + ([1] if len(kept) == 4 else [])
+        axis = next((a for a in candidates if shape[kept[a]] == spec.channels), None)
+        if axis is None:
+            msg = (
+                f"{what} has shape {shape} but the model takes {ndim}D images with "
+                f"{spec.channels} channel(s): no axis (first, last or ZCYX) has {spec.channels} entries"
+            )
+            raise InputError(msg)
+        return tuple(dropped), kept[axis]
+    msg = (
+        f"{what} has shape {shape} ({len(kept)} dimensions after dropping axes of length 1) "
+        f"but the model takes {ndim}D images ({spec.spatial_axes!r}) with {spec.channels} channel(s)"
+    )
+    raise InputError(msg)
+
+
 def to_sample(array: np.ndarray, spec: InputSpec, what: str = "image") -> np.ndarray:
     """Bring an image read from disk to the model's ``(C, *spatial)`` float32 layout.
 
     Axes of length 1 beyond the model's dimensions are dropped; an image without a channel axis
     gets one when the model takes one channel; a channel axis is recognised first, last, or second
-    (ImageJ's ``ZCYX``), by its length equal to ``spec.channels``.
+    (ImageJ's ``ZCYX``), by its length equal to ``spec.channels`` (see :func:`sample_axes`).
 
     Parameters
     ----------
@@ -205,33 +264,13 @@ def to_sample(array: np.ndarray, spec: InputSpec, what: str = "image") -> np.nda
         When the dimensions or the channel count do not fit the model.
     """
     x = np.asarray(array)
-    ndim = spec.ndim
-    while x.ndim > ndim + 1 and 1 in x.shape:
-        x = np.squeeze(x, axis=x.shape.index(1))
-    if x.ndim == ndim:
-        if spec.channels != 1:
-            msg = (
-                f"{what} has shape {tuple(array.shape)} with no channel axis but the model takes "
-                f"{spec.channels} channels: give images with a channel axis of {spec.channels}"
-            )
-            raise InputError(msg)
+    dropped, channel = sample_axes(x.shape, spec, what)
+    if dropped:
+        x = np.squeeze(x, axis=dropped)
+    if channel is None:
         x = x[np.newaxis]
-    elif x.ndim == ndim + 1:
-        candidates = [0, x.ndim - 1] + ([1] if x.ndim == 4 else [])
-        axis = next((a for a in candidates if x.shape[a] == spec.channels), None)
-        if axis is None:
-            msg = (
-                f"{what} has shape {tuple(array.shape)} but the model takes {ndim}D images with "
-                f"{spec.channels} channel(s): no axis (first, last or ZCYX) has {spec.channels} entries"
-            )
-            raise InputError(msg)
-        x = np.moveaxis(x, axis, 0)
     else:
-        msg = (
-            f"{what} has shape {tuple(array.shape)} ({x.ndim} dimensions after dropping axes of length 1) "
-            f"but the model takes {ndim}D images ({spec.spatial_axes!r}) with {spec.channels} channel(s)"
-        )
-        raise InputError(msg)
+        x = np.moveaxis(x, channel - sum(1 for a in dropped if a < channel), 0)
     sample = np.ascontiguousarray(x, dtype=np.float32)
     spec.check_sample(sample, what)
     return sample

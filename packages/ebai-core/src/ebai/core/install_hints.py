@@ -41,6 +41,7 @@ class Install:
 #: ``tests/test_install_hints.py`` against every package's declared extras.
 INSTALLS: dict[str, Install] = {
     "energy": Install("ebai-core", ("energy",)),
+    "large": Install("ebai-core", ("large",)),
     "openvino": Install("ebai-openvino"),
     "tensorrt": Install("ebai-tensorrt", ("cu12",)),
     "tensorrt-cu13": Install("ebai-tensorrt", ("cu13",)),

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["progress", "progress_enabled"]
+__all__ = ["progress", "progress_bar", "progress_enabled"]
 
 T = TypeVar("T")
 
@@ -31,10 +31,17 @@ def progress(
     iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", **kwargs: Any
 ) -> Iterator[T]:
     """Wrap ``iterable`` in a progress bar labelled ``desc``."""
+    yield from progress_bar(desc, total, unit, iterable=iterable, **kwargs)
+
+
+def progress_bar(desc: str, total: float | None, unit: str = "it", **kwargs: Any) -> Any:
+    """Make a progress bar advanced by hand (``bar.update(n)``), for work counted in units other than items.
+
+    Use as a context manager; shown and hidden like :func:`progress`.
+    """
     from tqdm.auto import tqdm
 
-    yield from tqdm(
-        iterable,
+    return tqdm(
         desc=desc,
         total=total,
         unit=unit,

@@ -53,17 +53,35 @@ class Normalization:
         x = np.asarray(sample, dtype=np.float32)
         if self.kind == "none":
             return x
+        return self.rescale(x, *self.statistics(x))
+
+    def statistics(self, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel values mapped to 0 and 1 (``lo``, ``hi``) for one ``(C, *spatial)`` sample.
+
+        Images too large to hold compute these over the whole image elsewhere
+        (:mod:`ebai.core.blocks`) and pass them to :meth:`rescale` block by block.
+        """
+        x = np.asarray(sample, dtype=np.float32)
         flat = x.reshape(x.shape[0], -1)
         if self.kind == "percentile":
             lo, hi = np.percentile(flat, [self.low, self.high], axis=1)
         elif self.kind == "minmax":
             lo, hi = flat.min(axis=1), flat.max(axis=1)
-        else:  # zscore
+        elif self.kind == "zscore":
             lo = flat.mean(axis=1)
             hi = lo + flat.std(axis=1)
+        else:
+            lo, hi = np.zeros(x.shape[0], np.float32), np.ones(x.shape[0], np.float32)
+        return lo, hi
+
+    def rescale(self, sample: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Map per-channel ``lo``/``hi`` of a ``(C, *spatial)`` sample to 0 and 1; float32."""
+        x = np.asarray(sample, dtype=np.float32)
+        if self.kind == "none":
+            return x
         shape = (-1,) + (1,) * (x.ndim - 1)
         scale = np.maximum(hi - lo, 1e-8).reshape(shape).astype(np.float32)
-        out = np.subtract(x, lo.reshape(shape).astype(np.float32), dtype=np.float32)
+        out = np.subtract(x, np.asarray(lo).reshape(shape).astype(np.float32), dtype=np.float32)
         out /= scale  # in place: one image-sized array on top of the input, not three
         if (self.out_low, self.out_high) != (0.0, 1.0):  # as MONAI's ScaleIntensityRange
             out *= np.float32(self.out_high - self.out_low)

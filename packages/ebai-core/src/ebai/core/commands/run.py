@@ -18,6 +18,7 @@ import click
 import numpy as np
 
 from ebai.core.artifact import Artifact
+from ebai.core.commands._run_large import large_options
 from ebai.core.commands._run_setup import engine_option, engine_options, load_adapter, pick_target
 from ebai.core.errors import EbaiError, InputError
 from ebai.core.progress import progress
@@ -208,6 +209,7 @@ def _predict_one(
 @engine_option(
     "Backend engine option, repeatable (OpenVINO: num_threads=2, inference_precision=f32, performance_hint=throughput)."
 )
+@large_options
 def run(
     artifact: Path,
     inputs: tuple[str, ...],
@@ -219,6 +221,7 @@ def run(
     raw: bool,
     nan_policy: str,
     options: tuple[str, ...],
+    **large: Any,
 ) -> None:
     """Run ARTIFACT on INPUTS (TIFF/PNG/NPY files, folders or globs) and write TIFFs to -o.
 
@@ -230,6 +233,10 @@ def run(
     atomically under the input's name, so an interrupted run leaves no partial file and a rerun
     skips what is done. Images that cannot be read or hold NaN/Inf are listed at the end and the
     run exits with status 1; the others are all written.
+
+    Zarr/OME-Zarr inputs, images too large for memory, and every input given --chunked, --scheduler
+    or --cluster run block by block on Dask and are written as OME-Zarr (pip install
+    'ebai-core[large]'); a rerun resumes them block by block.
     """
     from ebai.core.files import check_writable_dir, remove_stale
     from ebai.core.imageio import list_images, probe_image, write_tiff
@@ -241,6 +248,28 @@ def run(
     spec = art.manifest.input
     opts = engine_options(options)
 
+    # Zarr, images too large for memory, or Dask asked for: block by block (commands/_run_large.py)
+    from ebai.core.commands._run_large import run_large, split_inputs
+
+    blocked = bool(large["chunked"] or large["scheduler"] or large["cluster"])
+    small, big = split_inputs(inputs, force=blocked)
+    if big:
+        large.pop("chunked")
+        run_large(
+            art,
+            record,
+            opts,
+            big,
+            out_dir,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            overlap=overlap,
+            raw=raw,
+            **large,
+        )
+        if not small:
+            return
+        inputs = tuple(small)
     paths = list_images(inputs)
     if not paths:
         msg = f"no TIFF, PNG or NPY images found in {', '.join(inputs)}: give image files or folders holding them"

@@ -1,0 +1,335 @@
+"""Cutting an image larger than memory into blocks that reproduce whole-image tiling.
+
+:func:`~ebai.core.tiling.predict_tiled` spreads its tiles evenly over the image it is given, so
+calling it on a block with a halo would lay a different tile grid inside each block and the seams
+would differ from the whole-image result. Here the grid is laid once over the whole image, with
+the same tile starts, blending profiles and border flattening (the functions of
+:mod:`ebai.core.tiling`), and each block runs exactly the tiles of that grid that overlap it: its
+halo is the part of those tiles outside the block. Cropped to the block, the blend equals the
+whole-image result up to float32 rounding, whatever the block size.
+
+Normalisation statistics are likewise taken over the whole image (:func:`image_statistics`) and
+applied to every block, as the in-memory path normalises the whole image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from ebai.core.errors import InputError
+from ebai.core.specs import Normalization
+from ebai.core.tiling import _batches, _border_flat, _check, _profile, tile_starts
+
+__all__ = ["Block", "TileGrid", "choose_block", "image_statistics", "plan_blocks", "predict_block", "tile_grid"]
+
+#: Bytes a block holds per voxel of its region and channel: the input read and normalised, the float32 blend.
+_BYTES_PER_VOXEL = 8
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tile grid :func:`~ebai.core.tiling.predict_tiled` lays over a whole image.
+
+    Attributes
+    ----------
+    shape
+        Spatial shape of the image.
+    tile
+        Tile shape (rounded up to the divisor).
+    before, after
+        Padding of the axes shorter than the tile (the image is centred in the tile).
+    starts
+        Tile start offsets per axis, in padded coordinates.
+    bases
+        Blending profile of one tile per axis, before border flattening.
+    pad_mode
+        ``numpy.pad`` mode of the padding.
+    """
+
+    shape: tuple[int, ...]
+    tile: tuple[int, ...]
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+    starts: tuple[tuple[int, ...], ...]
+    bases: tuple[np.ndarray, ...]
+    pad_mode: str
+
+    @property
+    def full(self) -> tuple[int, ...]:
+        """Padded spatial shape."""
+        return tuple(s + b + a for s, b, a in zip(self.shape, self.before, self.after, strict=True))
+
+    def axis_weight(self, axis: int, index: int) -> np.ndarray:
+        """Weights of tile ``index`` along ``axis``: flattened where the tile meets the image border."""
+        start, t = self.starts[axis][index], self.tile[axis]
+        return _border_flat(self.bases[axis], start == 0, start + t == self.full[axis])
+
+
+def tile_grid(
+    shape: Sequence[int],
+    tile: Sequence[int],
+    *,
+    overlap: float,
+    blending: str = "gaussian",
+    batch_size: int = 4,
+    divisor: int = 1,
+    pad_mode: str = "reflect",
+) -> TileGrid:
+    """Lay the tile grid of ``predict_tiled`` over an image of spatial ``shape`` (never read)."""
+    shape = tuple(int(s) for s in shape)
+    # _check only looks at shapes: a zero-strided view stands in for the image
+    stand_in = np.broadcast_to(np.float32(0), (1, *shape))
+    tile_shape = _check(stand_in, tile, overlap, blending, batch_size, divisor, pad_mode)
+    before = tuple(max(0, t - s) // 2 for s, t in zip(shape, tile_shape, strict=True))
+    after = tuple(max(0, t - s) - b for s, t, b in zip(shape, tile_shape, before, strict=True))
+    full = tuple(s + b + a for s, b, a in zip(shape, before, after, strict=True))
+    starts = tuple(tuple(tile_starts(f, t, overlap)) for f, t in zip(full, tile_shape, strict=True))
+    ramps = [t - min(np.diff(st)) if len(st) > 1 else 0 for st, t in zip(starts, tile_shape, strict=True)]
+    bases = tuple(_profile(t, int(r), blending) for t, r in zip(tile_shape, ramps, strict=True))
+    return TileGrid(shape, tile_shape, before, after, starts, bases, pad_mode)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: the part of the output it writes and the tiles it runs.
+
+    Attributes
+    ----------
+    name
+        Chunk coordinates joined by dots (``"0.2.1"``), the name of its completion marker.
+    core
+        Spatial region written, in image coordinates; whole chunks of the output.
+    tiles
+        First and last tile index per axis (inclusive) of the grid tiles overlapping ``core``.
+    """
+
+    name: str
+    core: tuple[tuple[int, int], ...]
+    tiles: tuple[tuple[int, int], ...]
+
+    @property
+    def voxels(self) -> int:
+        """Spatial voxels written."""
+        return math.prod(b - a for a, b in self.core)
+
+
+def plan_blocks(grid: TileGrid, block: Sequence[int]) -> list[Block]:
+    """Cut the image into blocks of ``block`` voxels (the last ones smaller), in C order."""
+    per_axis: list[list[tuple[int, tuple[int, int], tuple[int, int]]]] = []
+    for axis, (size, b) in enumerate(zip(grid.shape, block, strict=True)):
+        b = max(1, min(int(b), size))
+        pad, t, starts = grid.before[axis], grid.tile[axis], grid.starts[axis]
+        entries = []
+        for k, lo in enumerate(range(0, size, b)):
+            hi = min(lo + b, size)
+            hit = [i for i, s in enumerate(starts) if s < hi + pad and s + t > lo + pad]
+            entries.append((k, (lo, hi), (hit[0], hit[-1])))
+        per_axis.append(entries)
+    return [
+        Block(".".join(str(e[0]) for e in combo), tuple(e[1] for e in combo), tuple(e[2] for e in combo))
+        for combo in product(*per_axis)
+    ]
+
+
+def _axis_options(grid: TileGrid, axis: int) -> list[tuple[int, int, int]]:
+    """Block lengths worth trying along ``axis``: ``(length, tiles run over all blocks, longest region)``."""
+    size, t, pad, starts = grid.shape[axis], grid.tile[axis], grid.before[axis], grid.starts[axis]
+    options = []
+    for k in range(1, max(1, size // max(1, t // 2)) + 1):
+        length = -(-size // k)
+        if options and options[-1][0] == length:
+            continue
+        run = longest = 0
+        for lo in range(0, size, length):
+            hi = min(lo + length, size)
+            hit = [i for i, s in enumerate(starts) if s < hi + pad and s + t > lo + pad]
+            run += len(hit)
+            longest = max(longest, starts[hit[-1]] + t - starts[hit[0]])
+        options.append((length, run, longest))
+    return options
+
+
+def choose_block(grid: TileGrid, channels: int, budget_bytes: int) -> tuple[int, ...]:
+    """Pick the block shape that runs the fewest tiles while its region fits ``budget_bytes``.
+
+    Tiles straddling a block border run once per block they overlap, so small blocks cost time;
+    the region a block holds (block plus halo, ``channels`` in and out) costs memory. The grid is a
+    product of per-axis grids, so both are products of per-axis figures and every combination of
+    per-axis block lengths is scored exactly.
+    """
+    budget_voxels = max(1, budget_bytes // (_BYTES_PER_VOXEL * channels))
+    per_axis = [_axis_options(grid, a) for a in range(len(grid.shape))]
+    best: tuple[float, int, tuple[int, ...]] | None = None
+    for combo in product(*per_axis):
+        region = math.prod(o[2] for o in combo)
+        if region > budget_voxels:
+            continue
+        tiles = math.prod(o[1] for o in combo)
+        key = (tiles, -region, tuple(o[0] for o in combo))
+        if best is None or key[:2] < best[:2]:
+            best = key
+    if best is None:  # not even one tile per block fits: the smallest blocks
+        return tuple(o[-1][0] for o in per_axis)
+    return best[2]
+
+
+def block_region(grid: TileGrid, block: Block) -> tuple[tuple[slice, ...], list[tuple[int, int]], tuple[int, ...]]:
+    """Return what a block reads: image region, padding to add, and the region's start in padded coordinates."""
+    read, pads, origin = [], [], []
+    for axis, (i0, i1) in enumerate(block.tiles):
+        lo = grid.starts[axis][i0]
+        hi = grid.starts[axis][i1] + grid.tile[axis]
+        b, size = grid.before[axis], grid.shape[axis]
+        start, stop = lo - b, hi - b
+        read.append(slice(max(0, start), min(size, stop)))
+        pads.append((max(0, -start), max(0, stop - size)))
+        origin.append(lo)
+    return tuple(read), pads, tuple(origin)
+
+
+def predict_block(
+    sample: np.ndarray,
+    grid: TileGrid,
+    block: Block,
+    infer: Callable[[np.ndarray], np.ndarray] | Any,
+    *,
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Run the grid's tiles overlapping ``block`` and return the blended output over its core.
+
+    Parameters
+    ----------
+    sample
+        The normalised ``(C, *region)`` float32 read at :func:`block_region`'s region (unpadded).
+    grid, block
+        The whole image's tile grid and the block.
+    infer
+        Callable or :class:`~ebai.core.interfaces.Engine` mapping ``(N, C, *tile)`` to
+        ``(N, C_out, *tile)``; its ``infer_many`` is used when present.
+    batch_size
+        Tiles per call.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(C_out, *core)`` float32, equal to the same region of the whole-image ``predict_tiled``
+        result up to float32 rounding.
+    """
+    _, pads, origin = block_region(grid, block)
+    if any(p != (0, 0) for p in pads):
+        sample = np.pad(sample, [(0, 0), *pads], mode=grid.pad_mode)
+    region = sample.shape[1:]
+    ranges = [range(i0, i1 + 1) for i0, i1 in block.tiles]
+    indices = list(product(*ranges))
+    corners = [tuple(grid.starts[a][i] - origin[a] for a, i in enumerate(idx)) for idx in indices]
+    tile = grid.tile
+
+    # the grid is a product of per-axis grids, so the summed weights are a product of per-axis sums
+    axis_sums = []
+    for axis, rng in enumerate(ranges):
+        total = np.zeros(region[axis], dtype=np.float64)
+        for i in rng:
+            c = grid.starts[axis][i] - origin[axis]
+            total[c : c + tile[axis]] += grid.axis_weight(axis, i)
+        axis_sums.append(total)
+
+    batches = _batches(sample, corners, tile, batch_size)
+    infer_many = getattr(infer, "infer_many", None)
+    outputs = infer_many(batches) if callable(infer_many) else (infer(b) for b in batches)
+    acc: np.ndarray | None = None
+    done = 0
+    for out in outputs:
+        out = np.asarray(out)
+        chunk = indices[done : done + batch_size]
+        if out.ndim != sample.ndim + 1 or out.shape[0] != len(chunk) or tuple(out.shape[2:]) != tile:
+            msg = (
+                f"the model returned shape {tuple(out.shape)} for a batch of shape {(len(chunk), sample.shape[0], *tile)}: "
+                "tiling needs (N, C_out, *tile) outputs with the input's spatial shape"
+            )
+            raise InputError(msg)
+        if acc is None:
+            acc = np.zeros((out.shape[1], *region), dtype=np.float32)
+        for k, idx in enumerate(chunk):
+            w = np.ones(())
+            for axis, i in enumerate(idx):
+                w = np.multiply.outer(w, grid.axis_weight(axis, i))
+            corner = corners[done + k]
+            acc[(slice(None), *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))] += out[k] * w
+        done += len(chunk)
+    if acc is None or done != len(indices):
+        msg = f"the model returned results for {done} of {len(indices)} tiles: an engine's infer_many must yield one output per batch"
+        raise InputError(msg)
+    crop = tuple(
+        slice(lo + grid.before[a] - origin[a], hi + grid.before[a] - origin[a]) for a, (lo, hi) in enumerate(block.core)
+    )
+    weight = np.ones((), dtype=np.float32)
+    for axis, sl in enumerate(crop):
+        weight = np.multiply.outer(weight, axis_sums[axis][sl].astype(np.float32))
+    return acc[(slice(None), *crop)] / weight
+
+
+def image_statistics(
+    read: Callable[[tuple[slice, ...]], np.ndarray],
+    shape: Sequence[int],
+    channels: int,
+    normalization: Normalization,
+    *,
+    max_voxels: int = 1 << 24,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``lo``/``hi`` of :meth:`Normalization.rescale` over a whole image read in slabs.
+
+    ``minmax`` and ``zscore`` are exact (streamed in float64). ``percentile`` is exact for images of
+    at most ``max_voxels`` voxels per channel; larger images use every k-th plane along the first
+    spatial axis, about ``max_voxels`` voxels, since exact percentiles need the whole image sorted.
+
+    Parameters
+    ----------
+    read
+        Reads one spatial region as ``(C, *region)`` float32.
+    shape
+        Spatial shape of the image.
+    channels
+        Number of channels.
+    normalization
+        The normalisation to compute statistics for.
+    max_voxels
+        Voxels per channel held at once (slab size, and the percentile sample).
+    """
+    shape = tuple(int(s) for s in shape)
+    if normalization.kind == "none":
+        return np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    plane = math.prod(shape[1:])
+    step = max(1, max_voxels // max(plane, 1))
+    rest = tuple(slice(0, s) for s in shape[1:])
+    if normalization.kind == "percentile":
+        stride = max(1, -(-math.prod(shape) // max_voxels))
+        data = read((slice(0, shape[0], stride), *rest))
+        return normalization.statistics(data)
+    count = 0
+    mean = np.zeros(channels)
+    m2 = np.zeros(channels)
+    lo = np.full(channels, np.inf)
+    hi = np.full(channels, -np.inf)
+    for z in range(0, shape[0], step):
+        slab = read((slice(z, min(z + step, shape[0])), *rest)).reshape(channels, -1).astype(np.float64)
+        if normalization.kind == "minmax":
+            lo, hi = np.minimum(lo, slab.min(axis=1)), np.maximum(hi, slab.max(axis=1))
+            continue
+        n = slab.shape[1]
+        slab_mean = slab.mean(axis=1)
+        slab_m2 = ((slab - slab_mean[:, None]) ** 2).sum(axis=1)
+        delta = slab_mean - mean
+        total = count + n
+        mean = mean + delta * n / total
+        m2 = m2 + slab_m2 + delta**2 * count * n / total
+        count = total
+    if normalization.kind == "minmax":
+        return lo.astype(np.float32), hi.astype(np.float32)
+    lo32 = mean.astype(np.float32)
+    return lo32, lo32 + np.sqrt(m2 / count).astype(np.float32)

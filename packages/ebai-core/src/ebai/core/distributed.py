@@ -1,0 +1,259 @@
+"""Running blocks on a Dask cluster: the cluster ``ebai run`` starts or joins, and the worker side.
+
+Three ways to get workers, all giving a ``distributed.Client``:
+
+- a local cluster of worker processes on this machine (the default), started and closed here;
+- ``--scheduler ADDRESS``: an existing ``dask.distributed`` cluster, left running;
+- ``--cluster slurm|pbs|lsf``: a batch-system cluster through dask-jobqueue, closed at the end.
+
+A worker keeps one engine per artifact and target for its lifetime: the artifact's sha256 sums are
+checked and the engine compiled on the first block it runs, not per block. Each worker process runs
+one block at a time and gives the engine ``cores / workers on its host`` threads, so workers x
+threads = cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ebai.core.errors import InputError
+
+__all__ = [
+    "CLUSTERS",
+    "BlockJob",
+    "jobqueue_cluster",
+    "open_client",
+    "run_block",
+    "usable_cores",
+    "worker_threads",
+    "workers_info",
+]
+
+#: Batch systems ``--cluster`` accepts, with their dask-jobqueue classes.
+CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
+
+
+def jobqueue_cluster(kind: str, *, cores: int, memory: str, walltime: str, **extra: Any) -> Any:
+    """Make (not scale) a dask-jobqueue cluster of ``kind``: each job is one worker process.
+
+    The job reserves ``cores`` cores while its worker runs one block at a time on one Dask thread;
+    the engine inside uses the reserved cores. ``job_script()`` of the result is the script each job
+    submits; ``scale(jobs=N)`` submits them.
+    """
+    if kind not in CLUSTERS:
+        msg = f"unknown cluster kind {kind!r}: use one of {', '.join(CLUSTERS)}"
+        raise InputError(msg)
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        from ebai.core.errors import MissingDependencyError
+        from ebai.core.largeio import LARGE_INSTALL
+
+        raise MissingDependencyError(LARGE_INSTALL) from exc
+    reserve = {
+        "slurm": {"job_cpu": cores},
+        "pbs": {"resource_spec": f"select=1:ncpus={cores}:mem={memory}"},
+        "lsf": {"ncpus": cores},
+    }[kind]
+    cls = getattr(dask_jobqueue, CLUSTERS[kind])
+    return cls(
+        cores=1,
+        processes=1,
+        memory=memory,
+        walltime=walltime,
+        scheduler_options={"dashboard_address": None},
+        **reserve,
+        **extra,
+    )
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the batch system's allocation, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def open_client(
+    *,
+    scheduler: str | None = None,
+    cluster: str | None = None,
+    workers: int | None = None,
+    jobs: int = 1,
+    cores: int = 4,
+    memory: str = "16GB",
+    walltime: str = "01:00:00",
+) -> Iterator[Any]:
+    """Yield a ``distributed.Client`` to the cluster asked for; close what was started here.
+
+    Parameters
+    ----------
+    scheduler
+        Address of a running scheduler (``tcp://host:8786``); the cluster is left running.
+    cluster
+        ``"slurm"``, ``"pbs"`` or ``"lsf"``: submit ``jobs`` jobs of ``cores`` cores, ``memory`` and
+        ``walltime`` each, one worker process per job.
+    workers
+        Worker processes of the local cluster (default: one per 4 cores, at least 1).
+    """
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # its INFO lines would drown ebai's
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            msg = f"cannot reach the Dask scheduler at {scheduler!r} ({exc}): check the address and that it is running"
+            raise InputError(msg) from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if cluster:
+        made = jobqueue_cluster(cluster, cores=cores, memory=memory, walltime=walltime)
+        made.scale(jobs=jobs)
+    else:
+        n = workers or max(1, usable_cores() // 4)
+        made = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    try:
+        with Client(made) as client:
+            if cluster:
+                client.wait_for_workers(1)
+            yield client
+    finally:
+        made.close()
+
+
+def workers_info(client: Any) -> dict[str, Any]:
+    """Return the scheduler's record of every worker (recent distributed lists 5 unless asked for all)."""
+    import inspect
+
+    if "n_workers" in inspect.signature(client.scheduler_info).parameters:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    return client.scheduler_info()["workers"]
+
+
+def worker_threads(client: Any) -> dict[str, int]:
+    """Engine threads per worker host: that host's cores divided by its worker processes."""
+    info = workers_info(client)
+    per_host: dict[str, int] = {}
+    for w in info.values():
+        per_host[w["host"]] = per_host.get(w["host"], 0) + 1
+    cores = client.run(usable_cores)
+    out: dict[str, int] = {}
+    for addr, n in cores.items():
+        host = info[addr]["host"] if addr in info else addr
+        out[host] = max(1, int(n or 1) // per_host.get(host, 1))
+    return out
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs to run blocks of one image (sent with every block; small).
+
+    ``threads`` maps worker hosts to engine threads; ``lo``/``hi`` are the whole image's
+    normalisation statistics.
+    """
+
+    artifact: str
+    backend: str
+    precision: str
+    options: tuple[tuple[str, Any], ...]
+    threads: tuple[tuple[str, int], ...]
+    source: str
+    level: int
+    spec: Any
+    grid: Any
+    lo: np.ndarray
+    hi: np.ndarray
+    output: str
+    batch_size: int
+
+
+_ENGINES: dict[tuple[Any, ...], Any] = {}
+#: Engines compiled by this process, per artifact path (what "once per worker" is checked by).
+LOADS: dict[str, int] = {}
+_VIEWS: dict[tuple[Any, ...], Any] = {}
+
+
+def check_paths(*paths: str) -> str:
+    """Raise :class:`InputError` naming the first of ``paths`` this process cannot see."""
+    for path in paths:
+        if not Path(path).exists():
+            msg = f"the Dask worker on {socket.gethostname()} cannot see {path!r}: put it on storage every worker mounts, under the same path"
+            raise InputError(msg)
+    return socket.gethostname()
+
+
+def _engine(job: BlockJob) -> Any:
+    key = (job.artifact, job.backend, job.precision, job.options)
+    if key not in _ENGINES:
+        from ebai.core.artifact import Artifact
+
+        check_paths(job.artifact)
+        options = dict(job.options)
+        if job.backend == "openvino" and "num_threads" not in options:
+            host = _host()
+            options["num_threads"] = dict(job.threads).get(host, 1)
+        art = Artifact.open(job.artifact)  # every sha256 checked, once per worker process
+        _ENGINES[key] = art.load_engine(job.backend, job.precision, **options)
+        LOADS[job.artifact] = LOADS.get(job.artifact, 0) + 1
+    return _ENGINES[key]
+
+
+def _host() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address.split("://")[-1].rsplit(":", 1)[0]
+    except ValueError:  # not inside a worker
+        return "127.0.0.1"
+
+
+def _view(job: BlockJob) -> Any:
+    key = (job.source, job.level, job.spec)
+    if key not in _VIEWS:
+        from ebai.core.largeio import SampleView, open_image
+
+        check_paths(job.source)
+        _VIEWS[key] = SampleView(open_image(job.source, job.level), job.spec)
+    return _VIEWS[key]
+
+
+def run_block(job: BlockJob, block: Any) -> int:
+    """Read, normalise, predict and write one block; returns the voxels written.
+
+    Runs in a worker process. The block's chunks are written, then its completion marker, so a
+    worker killed half-way leaves the block to be redone, never half-marked.
+    """
+    from ebai.core.blocks import block_region, predict_block
+    from ebai.core.largeio import write_block
+
+    check_paths(job.output)
+    view = _view(job)
+    engine = _engine(job)
+    read, _, _ = block_region(job.grid, block)
+    sample = job.spec.normalization.rescale(view.read(read), job.lo, job.hi)
+    result = predict_block(sample, job.grid, block, engine, batch_size=job.batch_size)
+    index = (slice(None), *(slice(lo, hi) for lo, hi in block.core))
+    write_block(Path(job.output), block.name, index, result)
+    return block.voxels
