@@ -105,6 +105,7 @@ def _predict(package, images: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(PLANS))
 def test_task_package_round_trip(name, tmp_path):
     from bioimageio.core import test_model

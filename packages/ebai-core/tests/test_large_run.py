@@ -218,8 +218,15 @@ def test_each_worker_compiles_the_engine_once(artifacts, images, cluster, tmp_pa
             "run", artifacts["3d"], source, "-o", tmp_path / run, "--scheduler", cluster.scheduler_address,
             "--block", "16,32,32", "-O", "inference_precision=f32",
         )  # fmt: skip
-    with Client(cluster.scheduler_address) as client:
-        loads = client.run(_loads, str(artifacts["3d"].resolve()))
+    import cloudpickle
+
+    # the workers cannot import this test module by name (pytest's importlib mode): send _loads by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with Client(cluster.scheduler_address) as client:
+            loads = client.run(_loads, str(artifacts["3d"].resolve()))
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert len(loads) == 2 and all(n == 1 for n in loads.values()), loads
 
 

@@ -327,7 +327,12 @@ class SampleView:
 
         self.image = image
         self.spec = spec
-        self.dropped, self.channel = sample_axes(image.shape, spec, what=f"image {str(image.path)!r}")
+        # a time axis (OME-Zarr's "t") is read at its first time point, as bioio reads it by default
+        shape = tuple(
+            1 if name == "t" else n
+            for n, name in zip(image.shape, image.axes or (None,) * len(image.shape), strict=True)
+        )
+        self.dropped, self.channel = sample_axes(shape, spec, what=f"image {str(image.path)!r}")
         self.spatial_axes = [a for a in range(len(image.shape)) if a not in self.dropped and a != self.channel]
         self.shape = tuple(image.shape[a] for a in self.spatial_axes)
 

@@ -89,8 +89,11 @@ class Normalization:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready form stored in manifests."""
-        return asdict(self)
+        """Return the JSON-ready form stored in manifests (the default 0..1 output range is left out)."""
+        data = asdict(self)
+        if (self.out_low, self.out_high) == (0.0, 1.0):
+            del data["out_low"], data["out_high"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
