@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ebai.core.errors import InputError
 from ebai.core.specs import Normalization
-from ebai.core.tiling import _batches, _border_flat, _check, _profile, tile_starts
+from ebai.core.tiling import _accumulate, _batches, _border_flat, _check, _profile, tile_starts
 
 __all__ = ["Block", "TileGrid", "choose_block", "image_statistics", "plan_blocks", "predict_block", "tile_grid"]
 
@@ -242,29 +241,14 @@ def predict_block(
     batches = _batches(sample, corners, tile, batch_size)
     infer_many = getattr(infer, "infer_many", None)
     outputs = infer_many(batches) if callable(infer_many) else (infer(b) for b in batches)
-    acc: np.ndarray | None = None
-    done = 0
-    for out in outputs:
-        out = np.asarray(out)
-        chunk = indices[done : done + batch_size]
-        if out.ndim != sample.ndim + 1 or out.shape[0] != len(chunk) or tuple(out.shape[2:]) != tile:
-            msg = (
-                f"the model returned shape {tuple(out.shape)} for a batch of shape {(len(chunk), sample.shape[0], *tile)}: "
-                "tiling needs (N, C_out, *tile) outputs with the input's spatial shape"
-            )
-            raise InputError(msg)
-        if acc is None:
-            acc = np.zeros((out.shape[1], *region), dtype=np.float32)
-        for k, idx in enumerate(chunk):
-            w = np.ones(())
-            for axis, i in enumerate(idx):
-                w = np.multiply.outer(w, grid.axis_weight(axis, i))
-            corner = corners[done + k]
-            acc[(slice(None), *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))] += out[k] * w
-        done += len(chunk)
-    if acc is None or done != len(indices):
-        msg = f"the model returned results for {done} of {len(indices)} tiles: an engine's infer_many must yield one output per batch"
-        raise InputError(msg)
+
+    def tile_weight(j: int, _corner: tuple[int, ...]) -> np.ndarray:
+        w = np.ones((), dtype=np.float32)
+        for axis, i in enumerate(indices[j]):
+            w = np.multiply.outer(w, grid.axis_weight(axis, i).astype(np.float32))
+        return w
+
+    acc = _accumulate(outputs, corners, tile, batch_size, region, sample.shape[0], tile_weight)
     crop = tuple(
         slice(lo + grid.before[a] - origin[a], hi + grid.before[a] - origin[a]) for a, (lo, hi) in enumerate(block.core)
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import product
 
 import numpy as np
@@ -182,6 +182,47 @@ def _batches(
         )
 
 
+def _accumulate(
+    outputs: Iterable[np.ndarray],
+    corners: Sequence[tuple[int, ...]],
+    tile: tuple[int, ...],
+    batch_size: int,
+    region: tuple[int, ...],
+    in_channels: int,
+    weight_of: Callable[[int, tuple[int, ...]], np.ndarray],
+) -> np.ndarray:
+    """Blend the model's tile outputs into a float32 ``(C_out, *region)`` accumulator, in place.
+
+    The one blending loop of :func:`predict_tiled` and of the large-image block path
+    (:func:`ebai.core.blocks.predict_block`), so both add the same tiles in the same order with the
+    same rounding. ``outputs`` yields one ``(N, C_out, *tile)`` batch per ``batch_size`` corners;
+    ``weight_of(j, corner)`` gives the j-th tile's blending weight. Malformed outputs (wrong shape,
+    missing batches) raise :class:`InputError` naming what was returned.
+    """
+    acc: np.ndarray | None = None
+    done = 0
+    for out in outputs:
+        out = np.asarray(out)
+        chunk = corners[done : done + batch_size]
+        if out.ndim != len(tile) + 2 or out.shape[0] != len(chunk) or tuple(out.shape[2:]) != tuple(tile):
+            msg = (
+                f"the model returned shape {tuple(out.shape)} for a batch of shape "
+                f"{(len(chunk), in_channels, *tile)}: tiling needs (N, C_out, *tile) outputs "
+                "with the input's spatial shape"
+            )
+            raise InputError(msg)
+        if acc is None:
+            acc = np.zeros((out.shape[1], *region), dtype=np.float32)
+        for k, corner in enumerate(chunk):
+            view = acc[(slice(None), *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))]
+            view += out[k].astype(np.float32, copy=False) * weight_of(done + k, corner)
+        done += len(chunk)
+    if acc is None or done != len(corners):
+        msg = f"the model returned results for {done} of {len(corners)} tiles: an engine's infer_many must yield one output per batch"
+        raise InputError(msg)
+    return acc
+
+
 def predict_tiled(
     image: np.ndarray,
     infer: Infer,
@@ -287,28 +328,7 @@ def predict_tiled(
     if progress_desc is not None:
         outputs = progress(outputs, desc=progress_desc, total=n_batches, unit="batch")
 
-    acc: np.ndarray | None = None
-    done = 0
-    for out in outputs:
-        out = np.asarray(out)
-        chunk = corners[done : done + batch_size]
-        if out.ndim != image.ndim + 1 or out.shape[0] != len(chunk) or tuple(out.shape[2:]) != tile_shape:
-            msg = (
-                f"the model returned shape {tuple(out.shape)} for a batch of shape "
-                f"{(len(chunk), image.shape[0], *tile_shape)}: tiling needs (N, C_out, *tile) outputs "
-                "with the input's spatial shape"
-            )
-            raise InputError(msg)
-        if acc is None:
-            acc = np.zeros((out.shape[1], *full), dtype=np.float32)
-        for k, corner in enumerate(chunk):
-            region = tuple(slice(c, c + t) for c, t in zip(corner, tile_shape, strict=True))
-            view = acc[(slice(None), *region)]
-            view += out[k].astype(np.float32, copy=False) * tile_weight(corner)
-        done += len(chunk)
-    if acc is None or done != len(corners):
-        msg = f"the model returned results for {done} of {len(corners)} tiles: an engine's infer_many must yield one output per batch"
-        raise InputError(msg)
+    acc = _accumulate(outputs, corners, tile_shape, batch_size, full, image.shape[0], lambda _, c: tile_weight(c))
 
     crop = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
     result = acc[(slice(None), *crop)]
