@@ -154,18 +154,14 @@ def _torch_adapter(art: Artifact, torch_model: str | None, weights: Path | None,
 def _torch_row(art: Artifact, x: np.ndarray, torch_model: str | None, weights: Path | None, trust: bool) -> _Row:
     adapter = _torch_adapter(art, torch_model, weights, trust)
     try:
-        import torch
+        import torch  # noqa: F401  (checked here for the one-line error; torch_infer runs it)
     except ImportError as exc:
         msg = "the PyTorch row needs torch: pip install torch"
         raise InputError(msg) from exc
-    module = adapter.load_module()
-    tensor = torch.from_numpy(x)
+    from ebai.core.torch_runner import torch_infer
 
-    def call() -> np.ndarray:
-        with torch.inference_mode():
-            return module(tensor).numpy()
-
-    return _Row("pytorch eager (original model)", "fp32", call)
+    infer = torch_infer(adapter.load_module())
+    return _Row("pytorch eager (original model)", "fp32", lambda: infer(x))
 
 
 def benchmark_table(result: dict[str, Any]) -> str:
