@@ -53,8 +53,11 @@ class OrtBackend(Backend):
         interrupt: bool = False,
         name: str = "ort",
         repeat: Mapping[str, int] | None = None,
+        prequantized: bool = False,
     ) -> None:
         self.name = name
+        self.prequantized = prequantized
+        self.prequantized_calls: list[str] = []
         self.repeat = dict(repeat or {})
         self.noises = list(noises)
         self.fallback_noise = fallback_noise
@@ -117,6 +120,22 @@ class OrtBackend(Backend):
             files=("model.onnx",),
             entry="model.onnx",
             options={"noise": self.fallback_noise, "accuracy_control": True},
+        )
+
+    def lower_prequantized(
+        self, onnx_path: Path, out_dir: Path, *, input_spec: InputSpec, options: Mapping[str, Any] | None = None
+    ) -> Lowering | None:
+        """ONNX Runtime runs QuantizeLinear/DequantizeLinear pairs itself: the file is copied as it is."""
+        if not self.prequantized:
+            return None
+        shutil.copyfile(onnx_path, Path(out_dir) / "model.onnx")
+        self.prequantized_calls.append(Path(onnx_path).name)
+        return Lowering(
+            backend=self.name,
+            precision="int8",
+            files=("model.onnx",),
+            entry="model.onnx",
+            options={"prequantized": True},
         )
 
     def load(self, directory: Path, lowering: Lowering, **options: Any) -> Engine:

@@ -37,3 +37,9 @@ def images3d() -> list[np.ndarray]:
 @pytest.fixture
 def images2d() -> list[np.ndarray]:
     return smooth_images(5, (80, 80), seed=2)
+
+
+@pytest.fixture
+def images3d_six() -> list[np.ndarray]:
+    """Six smooth volumes: four to calibrate and train on once two are held out."""
+    return smooth_images(6, (20, 40, 40), seed=1)

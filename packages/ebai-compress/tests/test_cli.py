@@ -99,6 +99,19 @@ def test_cli_recipe_file_and_options(tmp_path, images2d, weights, ort_backend):
     assert "pruning: none" in result.output and ort_backend.lowered[0]["calibration"] == 3
 
 
+def test_cli_prune_auto_searches_the_ratio_for_min_fidelity(tmp_path, images2d, weights, ort_backend):
+    data = write_images(tmp_path / "data", images2d)
+    out = tmp_path / "auto.ebai"
+    args = ["--prune", "auto", "--min-fidelity", 0.5, "--budget-minutes", 5, "--steps", 3, "--target", "ort"]
+    result = run(*model_args(weights), "--data", data, *args, "-o", out)
+    assert result.exit_code == 0, result.output
+    from ebai.core import Artifact
+
+    pruning = Artifact.open(out).manifest.pruning
+    assert pruning["search"]["target"] == 0.5 and pruning["search"]["probes"][0]["ratio"] == 0.5
+    assert f"pruning search: l1 at ratio {pruning['ratio']:g} is the largest reaching 0.5" in result.output
+
+
 def error_line(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

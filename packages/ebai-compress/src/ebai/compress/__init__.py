@@ -25,7 +25,9 @@ from ebai.compress._recipe import (
     FidelitySettings,
     FineTuneSettings,
     PruneSettings,
+    QatSettings,
     Recipe,
+    SearchSettings,
 )
 
 __all__ = [
@@ -37,7 +39,9 @@ __all__ = [
     "FineTuneSettings",
     "PruneResult",
     "PruneSettings",
+    "QatSettings",
     "Recipe",
+    "SearchSettings",
     "__version__",
     "compress",
     "distill",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +94,16 @@ def _loss_fn(kind: str) -> Any:
     return loss
 
 
+def _rate(schedule: str, step: int, steps: int) -> float:
+    """Learning-rate factor at ``step`` of ``steps``: 1, or a linear warm-up then cosine decay."""
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, steps // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup + 1) / max(1, steps - warmup + 1)))
+
+
 def _augment(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random flips along the spatial axes: free extra variety, since the teacher labels anything."""
     flips = tuple(ax for ax in range(1, tile.ndim) if rng.random() < 0.5)
@@ -166,6 +177,14 @@ def distill(
     student_grad = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
+    per_channel = [sum(d > 1 for d in p.shape) <= 1 for p in params]  # biases, norm scales, quantizer ranges
+    groups = [
+        {"params": [p for p, v in zip(params, per_channel, strict=True) if not v], "base_lr": settings.lr},
+        {
+            "params": [p for p, v in zip(params, per_channel, strict=True) if v],
+            "base_lr": settings.lr * settings.vector_lr_scale,
+        },
+    ]
 
     with torch.no_grad():
         val_target = torch.cat([teacher(val[i : i + batch_size]) for i in range(0, len(val), batch_size)])
@@ -179,9 +198,11 @@ def distill(
     try:
         loss_before, pearson_before = check()
         best_loss, best_pearson, best_state = loss_before, pearson_before, copy.deepcopy(student.state_dict())
-        optimizer = torch.optim.Adam(params, lr=settings.lr)
+        optimizer = torch.optim.Adam([{**g, "lr": g["base_lr"]} for g in groups if g["params"]])
         bad_checks, ran, stopped = 0, 0, False
         for step in progress(range(steps), "distilling", total=steps, unit="step"):
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * _rate(settings.schedule, step, steps)
             crops = [
                 _augment(fit_tile(images[int(rng.integers(len(images)))], tile, rng), rng) for _ in range(batch_size)
             ]

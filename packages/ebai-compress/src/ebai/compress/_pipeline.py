@@ -23,10 +23,11 @@ from ebai.compress._distillation import distill
 from ebai.compress._guard import FidelityJudge, compare, run_batches
 from ebai.compress._onnx_export import ExportResult, export_onnx
 from ebai.compress._pruning import prune
-from ebai.compress._recipe import CHANGED_THRESHOLD, FINE_TUNE_METHODS, Recipe, TimingSettings
+from ebai.compress._recipe import AUTO, CHANGED_THRESHOLD, FINE_TUNE_METHODS, QatSettings, Recipe, TimingSettings
 from ebai.compress._samples import SampleSplit, fit_tile, load_samples, split_samples
+from ebai.compress._search import search_ratio
 from ebai.core.artifact import Artifact, ArtifactWriter, package_versions
-from ebai.core.errors import BackendUnavailableError, EbaiError, FidelityError, InputError
+from ebai.core.errors import BackendUnavailableError, EbaiError, FidelityError, InputError, MissingDependencyError
 from ebai.core.files import check_output
 from ebai.core.interfaces import Backend, DataSource, Engine, Lowering, ModelSource
 from ebai.core.latency import measure_interleaved
@@ -83,6 +84,64 @@ class _Lowered:
     record: Mapping[str, Any] = field(default_factory=dict)
 
 
+def takes_prequantized(backend: Backend) -> bool:
+    """Whether ``backend`` lowers an already quantized (QDQ) ONNX file, the quantization-aware route."""
+    return type(backend).lower_prequantized is not Backend.lower_prequantized
+
+
+class _QatRoute:
+    """Quantization-aware training, run at most once per NNCF preset and shared by the targets.
+
+    The fine-tuned int8 network is exported once into ``folder`` (removed with the scratch files)
+    and every target whose backend takes a QDQ ONNX lowers that file.
+    """
+
+    def __init__(
+        self,
+        settings: QatSettings,
+        student: Any,
+        teacher: Any,
+        split: SampleSplit,
+        tile: tuple[int, ...],
+        folder: Path,
+        opset: int,
+        seed: int,
+    ) -> None:
+        self.settings = settings
+        self._student, self._teacher, self._split, self._tile = student, teacher, split, tile
+        self.folder, self._opset, self._seed = folder, opset, seed
+        self.results: dict[str, Any] = {}
+
+    def onnx(self, preset: str) -> Path:
+        """Return the QDQ ONNX of the network fine-tuned with ``preset`` quantizers (trained on first call)."""
+        from ebai.compress._qat import quantization_aware
+
+        if preset not in self.results:
+            self.folder.mkdir(exist_ok=True)
+            self.results[preset] = quantization_aware(
+                self._student,
+                self._teacher,
+                self._split.train,
+                self._split.calibration,
+                self.folder / f"qat-{preset}.onnx",
+                self.settings,
+                tile=self._tile,
+                preset=preset,
+                validation=self._split.validation,
+                opset=self._opset,
+                seed=self._seed,
+            )
+        return self.results[preset].onnx.path
+
+
+def _route(candidate: _Candidate, precision: str) -> str:
+    """How an int8 network was made: ``ptq-<preset>``, ``accuracy-control`` or ``qat``."""
+    if candidate.label in ("accuracy control", "qat"):
+        return candidate.label.replace(" ", "-")
+    preset = candidate.lowering.options.get("preset")
+    return f"ptq-{preset}" if preset else ("ptq" if precision == "int8" else "direct")
+
+
 def _as_recipe(recipe: Recipe | str | Path | Mapping[str, Any] | None) -> Recipe:
     if recipe is None:
         return Recipe()
@@ -108,7 +167,17 @@ def _backends(recipe: Recipe, given: Mapping[str, Backend] | None) -> dict[str, 
         if precision not in backend.precisions:
             msg = f"backend {name!r} cannot make {precision} models: use one of {', '.join(backend.precisions)}"
             raise InputError(msg)
+        if recipe.qat.when == "always" and precision == "int8" and not takes_prequantized(backend):
+            msg = (
+                f"quantization-aware training (qat.when: always) needs a backend that lowers an already quantized "
+                f"ONNX, and {name!r} does not: use target openvino for it, or qat.when: auto"
+            )
+            raise InputError(msg)
         out[name] = backend
+    if recipe.qat.when == "always" and any(recipe.precision_for(n) == "int8" for n in out):
+        from ebai.compress._qat import require_nncf_torch
+
+        require_nncf_torch()  # before any training, not after
     return out
 
 
@@ -225,19 +294,25 @@ def _lower_target(
     validation_score: float,
     changed: bool,
     standard: str,
+    qat: _QatRoute,
+    accuracy_control: bool = True,
 ) -> _Lowered:
-    """Lower every variant, keep the best by the guard; fall back to accuracy control if needed.
+    """Lower every variant, keep the best by the guard; fall back to accuracy control, then QAT, if needed.
 
     ``changed`` says whether the network was pruned or fine-tuned (for the advice when refused);
     ``standard`` names where an automatic threshold came from (empty for the recipe's own).
     ``onnx_path`` is the exported fp32 ONNX and ``model`` the torch module it was exported from;
-    a backend gets the one it lowers (see :attr:`ebai.core.Backend.lowers_module`).
+    a backend gets the one it lowers (see :attr:`ebai.core.Backend.lowers_module`). For int8 on a
+    backend that takes a QDQ ONNX, quantization-aware training (``qat``) is the last try, or the
+    only one when the recipe asks for it always.
     """
     spec = source.input_spec
     folder = f"{name}-{precision}"
     calibration = [t[np.newaxis] for t in split.calibration]
     tried: list[_Candidate] = []
-    for i, options in enumerate(backend.variants(precision)):
+    qat_possible = precision == "int8" and qat.settings.when != "never" and takes_prequantized(backend)
+    only_qat = qat_possible and qat.settings.when == "always"
+    for i, options in enumerate([] if only_qat else backend.variants(precision)):
 
         def lower(scratch: Path, options: Mapping[str, Any] = options) -> Lowering:
             if backend.lowers_module:  # a backend that runs the network in PyTorch gets the module itself
@@ -252,14 +327,16 @@ def _lower_target(
         if found is not None:
             tried.append(found)
             logger.info("%s %s %s: %s %.4f", name, precision, found.label, judge.metric, judge.value(found.fidelity))
-    if not tried:
+    if not tried and not only_qat:
         msg = f"backend {name!r} offers no way to lower to {precision}: report this to its package"
         raise InputError(msg)
-    best = max(tried, key=lambda c: judge.value(c.fidelity))
+    best = max(tried, key=lambda c: judge.value(c.fidelity)) if tried else None
     fallback = ""
-    if not best.fidelity.passed:
+    if best is not None and not best.fidelity.passed:
         max_drop = validation_score - judge.threshold
-        if max_drop <= 0:
+        if not accuracy_control:
+            fallback = "; accuracy control was switched off (fidelity.accuracy_control)"
+        elif max_drop <= 0:
             fallback = (
                 f"; no accuracy-aware fallback was tried, since the fp32 reference itself scores {validation_score:.4f} "
                 "on the validation tiles"
@@ -297,6 +374,32 @@ def _lower_target(
                 fallback = f"; the accuracy-aware fallback reached {judge.value(rescue.fidelity):.4f}"
                 if judge.value(rescue.fidelity) > judge.value(best.fidelity):
                     best = rescue
+    qat_preset = ""
+    if qat_possible and (best is None or not best.fidelity.passed):
+        qat_preset = str(best.lowering.options.get("preset", "mixed")) if best is not None else "mixed"
+        try:
+            trained = _try(
+                backend,
+                root / f".{folder}.qat",
+                "qat",
+                lambda scratch: backend.lower_prequantized(qat.onnx(qat_preset), scratch, input_spec=spec),
+                split.held_out_tiles,
+                judge,
+            )
+        except MissingDependencyError as exc:
+            if only_qat:
+                raise
+            fallback += f"; quantization-aware training was not tried ({exc})"
+            trained = None
+        if trained is not None:
+            tried.append(trained)
+            steps = qat.results[qat_preset].tuning.steps
+            fallback += f"; quantization-aware training ({steps} steps) reached {judge.value(trained.fidelity):.4f}"
+            if best is None or judge.value(trained.fidelity) > judge.value(best.fidelity):
+                best = trained
+    if best is None:
+        msg = f"backend {name!r} did not lower the quantization-aware network: report this to its package"
+        raise InputError(msg)
     for candidate in tried:
         if candidate is not best:
             shutil.rmtree(candidate.folder, ignore_errors=True)
@@ -314,12 +417,15 @@ def _lower_target(
     record = {
         "fidelity_vs_reference": dict(compare(best.outputs, reference_outputs)),
         "variants": [
-            {"options": dict(c.lowering.options), judge.metric: judge.value(c.fidelity)}
+            {"options": dict(c.lowering.options), judge.metric: judge.value(c.fidelity), "route": _route(c, precision)}
             | ({"accuracy_control": True} if c.label == "accuracy control" else {})
             for c in tried
         ],
         "accuracy_control": best.label == "accuracy control",
+        "route": _route(best, precision),
     }
+    if best.label == "qat":
+        record["qat"] = qat.results[qat_preset].to_dict()
     return _Lowered(backend, folder, best.lowering, best.fidelity, record)
 
 
@@ -502,10 +608,36 @@ def compress(
     model = _copy(original, model_source)
     pruning: dict[str, Any] | None = None
     fine_tuning: dict[str, Any] | None = None
-    if recipe.prune.enabled:
+    searched = recipe.prune.method == AUTO
+    if searched:
+        if not (recipe.fine_tune.method == "distill" or not recipe.fine_tune.enabled):
+            msg = "prune.method auto distils every probe itself: use fine_tune.method distill (or none) with it"
+            raise InputError(msg)
+        found = search_ratio(
+            original,
+            example,
+            split.train,
+            split.validation,
+            validation_original,
+            judge.batch_metric(),
+            prune_settings=recipe.prune,
+            fine_tune=recipe.fine_tune,
+            search=recipe.search,
+            target=recipe.fidelity.threshold or CHANGED_THRESHOLD,
+            metric_name=judge.metric,
+            tile=tile,
+            seed=recipe.seed,
+        )
+        model, pruning = found.model, {**found.pruning, "search": found.to_dict()}
+        fine_tuning = found.fine_tuning if recipe.fine_tune.enabled else None
+    elif recipe.prune.enabled:
         pruned = prune(model, example, recipe.prune)
         model, pruning = pruned.model, pruned.to_dict()
-    if recipe.fine_tune.enabled and (pruning is not None or recipe.fine_tune.method not in FINE_TUNE_METHODS):
+    if (
+        not searched
+        and recipe.fine_tune.enabled
+        and (pruning is not None or recipe.fine_tune.method not in FINE_TUNE_METHODS)
+    ):
         model, fine_tuning = _fine_tune(recipe, model, original, split, tile)
     changed = pruning is not None or fine_tuning is not None
     standard = ""
@@ -549,6 +681,9 @@ def compress(
             model, writer.root / REFERENCE, example, opset=recipe.export.opset, exporter=recipe.export.exporter
         )
         reference_info = {**exported.to_dict(), "fidelity_vs_original": reference_fidelity.to_dict()}
+        qat = _QatRoute(
+            recipe.qat, model, original, split, tile, writer.root / ".qat", recipe.export.opset, recipe.seed
+        )
         lowered = [
             _lower_target(
                 name,
@@ -565,6 +700,8 @@ def compress(
                 validation_score,
                 changed,
                 standard,
+                qat,
+                recipe.fidelity.accuracy_control,
             )
             for name, backend in chosen.items()
         ]
@@ -573,6 +710,7 @@ def compress(
             default_onnx = writer.root / ".original" / REFERENCE
             default_onnx.parent.mkdir()
             export_onnx(original, default_onnx, example, opset=recipe.export.opset, exporter=recipe.export.exporter)
+        shutil.rmtree(qat.folder, ignore_errors=True)
         try:
             timings = _time_targets(
                 lowered,

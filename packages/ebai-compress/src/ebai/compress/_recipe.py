@@ -24,15 +24,21 @@ __all__ = [
     "FidelitySettings",
     "FineTuneSettings",
     "PruneSettings",
+    "QatSettings",
     "Recipe",
+    "SearchSettings",
     "TimingSettings",
 ]
 
 #: Pruning importance criteria (Torch-Pruning importances) a recipe may name, plus "none".
 PRUNE_METHODS = ("l1", "l2", "fpgm", "none")
+#: ``prune.method: auto`` searches the ratio (and criterion) instead of taking one (see ``search``).
+AUTO = "auto"
 #: Built-in fine-tuning methods; any other string is read as a "module:function" callback.
 FINE_TUNE_METHODS = ("distill", "none")
 LOSSES = ("mse", "l1")
+#: Learning-rate schedules: constant, or a linear warm-up over a tenth of the budget then cosine decay.
+SCHEDULES = ("constant", "cosine")
 #: Pruning asked for by method alone (``--prune l1``) removes this fraction of channels.
 DEFAULT_RATIO = 0.5
 #: Guard threshold when the network was pruned or fine-tuned and the recipe gives none.
@@ -42,6 +48,8 @@ UNCHANGED_PEARSON = 0.99
 #: Largest loss of a task metric against the fp32 network when only the lowering changes it.
 UNCHANGED_TASK_DROP = 0.005
 EXPORTERS = ("auto", "dynamo", "torchscript")
+#: When quantization-aware training is tried: after post-training int8 misses the guard, always, or never.
+QAT_WHEN = ("auto", "always", "never")
 
 
 def _fail(msg: str) -> None:
@@ -70,7 +78,9 @@ class PruneSettings:
     ----------
     method
         Channel importance: ``"l1"`` or ``"l2"`` (weight magnitude), ``"fpgm"`` (distance to the
-        geometric median of a layer's filters), or ``"none"`` to keep the network as it is. Left
+        geometric median of a layer's filters), ``"auto"`` to search the largest ratio (and the
+        criterion) that keeps the fidelity asked for (see :class:`SearchSettings`), or ``"none"``
+        to keep the network as it is. Left
         out, it is ``"none"``, or ``"l1"`` when a ``ratio`` is given: a network is pruned only
         when the user asks for it.
     ratio
@@ -101,11 +111,11 @@ class PruneSettings:
             method = "none" if self.ratio is None else "l1"
         else:
             method = str(self.method).lower()
-        if method not in PRUNE_METHODS:
-            _fail(f"unknown pruning method {self.method!r}: use one of {', '.join(PRUNE_METHODS)}")
+        if method not in (*PRUNE_METHODS, AUTO):
+            _fail(f"unknown pruning method {self.method!r}: use one of {', '.join((*PRUNE_METHODS, AUTO))}")
         object.__setattr__(self, "method", method)
         ratio = DEFAULT_RATIO if self.ratio is None else self.ratio
-        object.__setattr__(self, "ratio", check_ratio(ratio) if method != "none" else ratio)
+        object.__setattr__(self, "ratio", check_ratio(ratio) if method not in ("none", AUTO) else ratio)
         ratios = {str(k): check_ratio(v, f"pruning ratio of layer {k!r}") for k, v in dict(self.layer_ratios).items()}
         object.__setattr__(self, "layer_ratios", ratios)
         keep = (self.keep,) if isinstance(self.keep, str) else tuple(str(k) for k in self.keep)
@@ -147,6 +157,13 @@ class FineTuneSettings:
         Steps between checks on a fixed set of validation crops.
     patience
         Checks without improvement before stopping early (the best weights are kept).
+    schedule
+        ``"constant"`` learning rate, or ``"cosine"``: a linear warm-up over the first tenth of
+        the budget, then cosine decay to zero at the last step.
+    vector_lr_scale
+        Factor on the learning rate of parameters with one value per channel (biases,
+        normalisation scales, quantizer ranges): they set the scale each channel runs at, and at
+        the weights' rate they take hundreds of steps to move it.
     """
 
     method: str | Callable[..., Any] = "distill"
@@ -156,6 +173,8 @@ class FineTuneSettings:
     batch_size: int = 2
     eval_every: int = 20
     patience: int = 4
+    schedule: str = "constant"
+    vector_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -183,6 +202,12 @@ class FineTuneSettings:
         if not float(self.lr) > 0:
             _fail(f"fine_tune.lr must be positive, got {self.lr}")
         object.__setattr__(self, "lr", float(self.lr))
+        if str(self.schedule).lower() not in SCHEDULES:
+            _fail(f"unknown fine_tune.schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        object.__setattr__(self, "schedule", str(self.schedule).lower())
+        if not float(self.vector_lr_scale) > 0:
+            _fail(f"fine_tune.vector_lr_scale must be positive, got {self.vector_lr_scale}")
+        object.__setattr__(self, "vector_lr_scale", float(self.vector_lr_scale))
 
     @property
     def enabled(self) -> bool:
@@ -190,6 +215,94 @@ class FineTuneSettings:
         return self.method != "none" and (
             self.steps > 0 or callable(self.method) or self.method not in FINE_TUNE_METHODS
         )
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The ratio search of ``prune.method: auto``.
+
+    Attributes
+    ----------
+    methods
+        Criteria tried, each bisected on its own (``["l1", "fpgm"]`` compares them); the largest
+        passing ratio of any wins.
+    low, high, step
+        The grid of ratios searched.
+    budget_minutes
+        Wall time after which no new probe starts; the best passing ratio found so far is kept.
+    """
+
+    methods: tuple[str, ...] = ("l1",)
+    low: float = 0.1
+    high: float = 0.9
+    step: float = 0.05
+    budget_minutes: float = 60.0
+
+    def __post_init__(self) -> None:
+        methods = (self.methods,) if isinstance(self.methods, str) else tuple(str(m).lower() for m in self.methods)
+        for m in methods:
+            if m not in PRUNE_METHODS or m == "none":
+                _fail(f"unknown search method {m!r}: use l1, l2 or fpgm")
+        if not methods:
+            _fail("search.methods is empty: name at least one of l1, l2, fpgm")
+        object.__setattr__(self, "methods", methods)
+        low = check_ratio(self.low, "search.low")
+        high = check_ratio(self.high, "search.high")
+        if high < low:
+            _fail(f"search.high {high} is below search.low {low}: give low <= high")
+        if not float(self.step) > 0:
+            _fail(f"search.step must be positive, got {self.step}")
+        if not float(self.budget_minutes) > 0:
+            _fail(f"search.budget_minutes must be positive, got {self.budget_minutes}")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+        object.__setattr__(self, "step", float(self.step))
+        object.__setattr__(self, "budget_minutes", float(self.budget_minutes))
+
+
+@dataclass(frozen=True)
+class QatSettings:
+    """Quantization-aware fine-tuning, the int8 route after post-training quantization.
+
+    Attributes
+    ----------
+    when
+        ``"auto"``: only when post-training int8 (every preset, then accuracy control) stays below
+        the guard's threshold; ``"always"``: the int8 network of every target that can take it
+        is made this way (post-training variants are not tried); ``"never"``.
+    steps
+        Optimiser steps at most.
+    lr
+        Adam learning rate of the weights and quantizer ranges.
+    batch_size, eval_every, patience
+        Crops per step, steps between validation checks, checks without improvement before
+        stopping (the best weights are kept), as in ``fine_tune``. The schedule is a warm-up then
+        cosine decay, and per-channel parameters (quantizer ranges, biases, normalisation scales)
+        learn 10x faster than the weights: on an instance-norm U-Net whose channels span 30-fold
+        ranges that took Pearson from 0.981 to 0.992 in 200 steps, where one rate for all reached
+        0.988 in 240.
+    """
+
+    when: str = "auto"
+    steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 2
+    eval_every: int = 20
+    patience: int = 5
+
+    def __post_init__(self) -> None:
+        when = str(self.when).lower()
+        if when not in QAT_WHEN:
+            _fail(f"unknown qat.when {self.when!r}: use one of {', '.join(QAT_WHEN)}")
+        object.__setattr__(self, "when", when)
+        for name in ("steps", "batch_size", "eval_every", "patience"):
+            value = int(getattr(self, name))
+            if value < 1:
+                _fail(f"qat.{name} must be positive, got {getattr(self, name)}")
+            object.__setattr__(self, name, value)
+        if not float(self.lr) > 0:
+            _fail(f"qat.lr must be positive, got {self.lr}")
+        object.__setattr__(self, "lr", float(self.lr))
 
 
 @dataclass(frozen=True)
@@ -253,15 +366,22 @@ class FidelitySettings:
         Images kept aside for the guard: never used for calibration or fine-tuning.
     tiles
         Held-out tiles measured (cropped from the held-out images in turn).
+    accuracy_control
+        When every variant misses the threshold, ask the backend's accuracy-aware fallback
+        (OpenVINO: NNCF keeps the most harmful layers in float) before quantization-aware
+        training. Off, a missed int8 goes straight to quantization-aware training, which keeps
+        every layer int8.
     """
 
     metric: str = "pearson"
     threshold: float | None = None
     held_out: int = 2
     tiles: int = 8
+    accuracy_control: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", str(self.metric))
+        object.__setattr__(self, "accuracy_control", bool(self.accuracy_control))
         if self.threshold is not None:
             object.__setattr__(self, "threshold", float(self.threshold))
         for name in ("held_out", "tiles"):
@@ -320,6 +440,8 @@ _SECTIONS: dict[str, type] = {
     "calibration": CalibrationSettings,
     "fidelity": FidelitySettings,
     "timing": TimingSettings,
+    "qat": QatSettings,
+    "search": SearchSettings,
 }
 
 
@@ -330,7 +452,7 @@ class Recipe:
     Build it in Python (``Recipe(prune=PruneSettings(method="fpgm"))``), from a mapping
     (:meth:`from_dict`) or from a YAML/TOML file (:meth:`from_file`); :meth:`to_dict` gives the
     same layout back. Top-level keys: ``prune``, ``fine_tune``, ``export``, ``calibration``,
-    ``fidelity``, ``timing`` (sections, see their classes), ``targets``, ``precision``, ``seed``.
+    ``fidelity``, ``timing``, ``qat``, ``search`` (sections, see their classes), ``targets``, ``precision``, ``seed``.
 
     Attributes
     ----------
@@ -349,6 +471,8 @@ class Recipe:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     timing: TimingSettings = field(default_factory=TimingSettings)
+    qat: QatSettings = field(default_factory=QatSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     targets: tuple[str, ...] = ("openvino",)
     precision: str | Mapping[str, str] = "fp32"
     seed: int = 0

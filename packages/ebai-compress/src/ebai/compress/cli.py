@@ -25,9 +25,16 @@ __all__ = ["compress", "parse_prune", "summary"]
 
 
 def parse_prune(value: str) -> dict[str, Any]:
-    """Read ``--prune``: ``METHOD:RATIO`` (``l1:0.5``), ``METHOD`` alone, or ``none``."""
+    """Read ``--prune``: ``METHOD:RATIO`` (``l1:0.5``), ``METHOD`` alone, ``none``, or ``auto[:l1,fpgm]``.
+
+    ``auto`` returns the criteria to search under the key ``search_methods``.
+    """
     method, sep, ratio = value.strip().partition(":")
     out: dict[str, Any] = {"method": method.strip().lower()}
+    if out["method"] == "auto":
+        if sep:
+            out["search_methods"] = [m.strip().lower() for m in ratio.split(",") if m.strip()]
+        return out
     if sep:
         try:
             out["ratio"] = float(ratio)
@@ -82,6 +89,8 @@ def _model_source(
     return get_adapter("torch")(model, weights=weights, trust_pickle=trust_pickle, **given)
 
 
+_QAT_WHEN = {True: "always", False: "never"}
+
 #: A network's activations take many times its input tile; below this many tiles of free memory
 #: compression cannot run (a mistyped --tile would otherwise fail in a multi-PiB allocation).
 _TILES_OF_MEMORY = 16
@@ -116,6 +125,16 @@ def summary(manifest: Any, path: Path) -> str:
         for label, key in (("parameters", "params"), ("MACs", "macs")):
             before, after = pruning[f"{key}_before"], pruning[f"{key}_after"]
             lines.append(f"{label:14}{_fmt(before):>12}{_fmt(after):>12}{before / max(after, 1):>8.2f}x")
+        search = pruning.get("search")
+        if search:
+            probes = ", ".join(
+                f"{p['method']} {p['ratio']:g} {'pass' if p['passed'] else 'fail'}" for p in search["probes"]
+            )
+            lines.append(
+                f"pruning search: {pruning['method']} at ratio {pruning['ratio']:g} is the largest reaching "
+                f"{search['target']:g} after distillation ({len(search['probes'])} probes in {search['seconds']:.0f} s: "
+                f"{probes})"
+            )
         ref = pruning.get("fidelity") or {}
         if ref:
             lines.append(f"pruned fp32 vs original: pearson {ref['pearson']:.4f}, max error {ref['max_abs_error']:.3g}")
@@ -147,6 +166,17 @@ def summary(manifest: Any, path: Path) -> str:
         lines.append(
             f"{t.key:18}{f.pearson:>9.4f}{f.max_abs_error:>10.3g}{criterion:>24}{'yes' if f.passed else 'no':>8}"
         )
+    for t in manifest.targets:
+        route = t.record.get("route")
+        if t.precision == "int8" and route:
+            line = f"int8      {t.key}: made by {route}"
+            qat = t.record.get("qat")
+            if qat:
+                line += (
+                    f" ({qat['steps']} steps, {qat['seconds']:.0f} s; validation pearson "
+                    f"{qat['pearson_before']:.4f} -> {qat['pearson_after']:.4f})"
+                )
+            lines.append(line)
     for t in manifest.targets:
         if t.timing is not None:
             lines.append(_timing_line(t.key, t.backend, t.timing))
@@ -193,7 +223,8 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
 @click.option(
     "--prune",
     "prune_spec",
-    help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5; none unless asked here or in the recipe.",
+    help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5, or auto (auto:l1,fpgm to compare criteria): the "
+    "largest ratio that keeps --min-fidelity; none unless asked here or in the recipe.",
 )
 @click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Lower every target to fp16.")
@@ -205,6 +236,23 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
 )
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe file (YAML or TOML); options here override it.")
 @click.option("--steps", type=int, help="Distillation step budget after pruning (0: no fine-tuning).")
+@click.option(
+    "--min-fidelity",
+    type=float,
+    help="Lowest accepted fidelity to the original (the guard's metric, Pearson by default); with --prune auto, "
+    "the largest pruning ratio that keeps it is searched.",
+)
+@click.option(
+    "--budget-minutes", type=float, help="Time budget of the --prune auto search (no new probe starts after it)."
+)
+@click.option(
+    "--qat/--no-qat",
+    "qat",
+    default=None,
+    help="int8 by quantization-aware training (fine-tuned against the original on your images) instead of "
+    "post-training quantization; by default it is tried only when post-training int8 misses the guard.",
+)
+@click.option("--qat-steps", type=int, help="Step budget of quantization-aware training.")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Artifact folder to write (name.ebai).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
 def compress(
@@ -225,6 +273,10 @@ def compress(
     targets: tuple[str, ...],
     recipe: str | None,
     steps: int | None,
+    min_fidelity: float | None,
+    budget_minutes: float | None,
+    qat: bool | None,
+    qat_steps: int | None,
     output: str,
     overwrite: bool,
 ) -> None:
@@ -248,8 +300,17 @@ def compress(
     changes: dict[str, Any] = {}
     if prune_spec:
         changes["prune"] = parse_prune(prune_spec)
+        methods = changes["prune"].pop("search_methods", None)
+        if methods:
+            changes["search"] = {"methods": methods}
+    if budget_minutes is not None:
+        changes["search"] = {**changes.get("search", {}), "budget_minutes": budget_minutes}
+    if min_fidelity is not None:
+        changes["fidelity"] = {"threshold": min_fidelity}
     if steps is not None:
         changes["fine_tune"] = {"steps": steps}
+    if qat is not None or qat_steps is not None:
+        changes["qat"] = {k: v for k, v in (("when", _QAT_WHEN.get(qat)), ("steps", qat_steps)) if v is not None}
     if precision:
         changes["precision"] = precision
     if targets:

@@ -49,6 +49,7 @@ INSTALLS: dict[str, Install] = {
     "torch-target": Install("ebai-torch"),
     "compress": Install("ebai-compress"),
     "onnx-check": Install("ebai-compress", ("verify",)),
+    "qat": Install("ebai-compress", ("qat",)),
     "adapters": Install("ebai-adapters"),
     "torch": Install("ebai-adapters", ("torch",)),
     "monai": Install("ebai-adapters", ("monai",)),

@@ -282,6 +282,22 @@ class Backend(ABC):
         """
         return None
 
+    def lower_prequantized(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        *,
+        input_spec: InputSpec,
+        options: Mapping[str, Any] | None = None,
+    ) -> Lowering | None:
+        """Lower an ONNX file that is already int8 (QuantizeLinear/DequantizeLinear pairs) as it is.
+
+        Called for quantization-aware training, whose quantizers were placed and fine-tuned before
+        export: the backend must convert them, not quantize again. Return ``None`` when the
+        backend cannot take such a file (the default); the guard then never offers that route.
+        """
+        return None
+
     @abstractmethod
     def load(self, directory: Path, lowering: Lowering, **options: Any) -> Engine:
         """Compile the files of ``lowering`` found under ``directory`` and return an engine."""

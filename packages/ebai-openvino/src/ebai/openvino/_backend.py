@@ -188,6 +188,45 @@ class OpenVINOBackend(Backend):
         }
         return Lowering(backend=self.name, precision=precision, files=files, entry=IR_XML, options=used, record=record)
 
+    def lower_prequantized(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        *,
+        input_spec: InputSpec,
+        options: Mapping[str, Any] | None = None,
+    ) -> Lowering:
+        """Int8 from a QDQ ONNX (quantization-aware training): converted as it is, NNCF is not run.
+
+        ``openvino.convert_model`` turns each QuantizeLinear/DequantizeLinear pair into the
+        FakeQuantize operation the CPU plugin runs in int8, the form NNCF's own quantization gives.
+        Transposed convolutions are left as they are (no option is taken).
+        """
+        from ebai.openvino import _quantization as q
+
+        if options:
+            msg = f"OpenVINO takes no options for an already quantized ONNX, got {sorted(options)}: remove them"
+            raise InputError(msg)
+        started = time.perf_counter()
+        model = convert_onnx(Path(onnx_path), input_spec)
+        files = save_ir(model, Path(out_dir), compress_to_fp16=False)
+        record = {
+            "versions": package_versions("openvino"),
+            "prequantized": True,
+            "fake_quantize_ops": q.count_fake_quantize(model),
+            "weights": "fp32",
+            "input_shape": str(model.input(0).get_partial_shape()),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        return Lowering(
+            backend=self.name,
+            precision="int8",
+            files=files,
+            entry=IR_XML,
+            options={"prequantized": True},
+            record=record,
+        )
+
     def load(self, directory: Path, lowering: Lowering, **options: Any) -> Engine:
         """Compile ``lowering.entry`` under ``directory``; ``options`` as :class:`OpenVINOEngine` takes.
 
