@@ -67,3 +67,64 @@ def test_fit_tile_pads_small_images_and_crops_large_ones():
     rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
     assert np.array_equal(fit_tile(big, (8, 8), rng1), fit_tile(big, (8, 8), rng2))
     assert np.array_equal(fit_tile(big, (8, 8), center=True), big[:, 6:14, 11:19])
+
+
+def test_time_budget_stops_training_and_says_so(images2d):
+    teacher = nets.resunet2d(ch=(8, 16, 32))
+    student = prune(teacher, (1, 1, 32, 32), PruneSettings(ratio=0.5)).model
+    settings = FineTuneSettings(steps=50, eval_every=10, budget_minutes=1e-9)  # spent after the first step
+    result = distill(student, teacher, images2d[:2], settings, tile=(32, 32))
+    assert result.steps == 1 and result.out_of_time and not result.stopped_early
+    assert result.to_dict()["out_of_time"] is True and result.to_dict()["steps"] == 1
+    with pytest.raises(InputError, match="fine_tune.budget_minutes must be positive, got 0"):
+        FineTuneSettings(budget_minutes=0)
+
+
+def test_the_guards_metric_chooses_the_weights_kept(images2d):
+    teacher = nets.resunet2d(ch=(8, 16, 32))
+    student = prune(teacher, (1, 1, 32, 32), PruneSettings(ratio=0.5)).model
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+
+    calls = []
+
+    def falling(candidate, reference):  # scores each check lower than the last: the start stays the best
+        calls.append(candidate.shape)
+        return 1.0 / len(calls)
+
+    settings = FineTuneSettings(steps=6, lr=2e-3, eval_every=2, patience=5)
+    result = distill(student, teacher, images2d[:2], settings, tile=(32, 32), metric=falling)
+    assert result.selected_by == "falling" and result.steps == 6 and len(calls) == 4  # before, then every 2 steps
+    assert all(torch.equal(v, start[k]) for k, v in result.model.state_dict().items())  # the start scored best
+
+
+def test_augmentation_flips_and_turns_square_tiles():
+    from ebai.compress._distillation import _augment
+
+    tile = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    rng = np.random.default_rng(0)
+    views = {_augment(tile, rng).tobytes() for _ in range(200)}
+    assert len(views) == 8  # the eight symmetries of a square
+    oblong = np.arange(24, dtype=np.float32).reshape(1, 4, 6)
+    assert len({_augment(oblong, rng).tobytes() for _ in range(200)}) == 4  # flips only
+
+
+def test_feature_matching_trains_through_the_hidden_layers_and_leaves_no_hooks(images2d):
+    from ebai.compress._distillation import _Attention
+
+    teacher = nets.resunet2d()
+    student = prune(teacher, (1, 1, 48, 48), PruneSettings(ratio=0.5)).model
+    matched = _Attention(student, teacher)
+    x = torch.from_numpy(np.stack([fit_tile(images2d[0], (48, 48), center=True)]))
+    with torch.no_grad():
+        teacher(x), student(x)
+        assert len(matched.names) == 8 and float(matched.loss()) > 0  # pruned hidden layers differ
+        teacher(x), teacher(x)
+        matched.maps["student"] = dict(matched.maps["teacher"])
+        assert float(matched.loss()) == 0.0
+    matched.close()
+    settings = FineTuneSettings(steps=20, lr=2e-3, eval_every=10, feature_weight=1.0)
+    result = distill(student, teacher, images2d[:3], settings, tile=(48, 48))
+    assert result.pearson_after > result.pearson_before
+    assert not any(m._forward_hooks for m in [*student.modules(), *teacher.modules()])
+    with pytest.raises(InputError, match="fine_tune.feature_weight must be 0 or more"):
+        FineTuneSettings(feature_weight=-1)

@@ -14,7 +14,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,10 @@ class DistillResult:
         Whether training ended for lack of improvement.
     seconds
         Wall time.
+    out_of_time
+        Whether the time budget (``budget_minutes``) ended training before the step budget.
+    selected_by
+        What chose the weights kept: the validation ``"loss"``, or the guard's metric.
     """
 
     model: Any
@@ -66,6 +70,8 @@ class DistillResult:
     pearson_after: float
     stopped_early: bool
     seconds: float
+    out_of_time: bool = False
+    selected_by: str = "loss"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record for the artifact manifest (without the model)."""
@@ -79,6 +85,8 @@ class DistillResult:
             "pearson_before": self.pearson_before,
             "pearson_after": self.pearson_after,
             "stopped_early": self.stopped_early,
+            "out_of_time": self.out_of_time,
+            "selected_by": self.selected_by,
             "seconds": round(self.seconds, 2),
         }
 
@@ -94,6 +102,61 @@ def _loss_fn(kind: str) -> Any:
     return loss
 
 
+#: Intermediate layers matched at most (spread evenly over the network's convolutions).
+_MAX_MATCHED = 8
+
+
+class _Attention:
+    """Spatial attention maps of matching convolutions in student and teacher (attention transfer).
+
+    A pruned student has fewer channels than its teacher in every hidden layer, so hidden features
+    cannot be compared channel by channel; the mean of the squared activations over channels,
+    normalised per sample, can (Zagoruyko & Komodakis, "Paying more attention to attention").
+    Layers are matched by module name, which pruning keeps, where the output shapes agree.
+    """
+
+    def __init__(self, student: Any, teacher: Any) -> None:
+        import torch
+
+        convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+        teacher_modules = dict(teacher.named_modules())
+        names = [
+            n for n, m in student.named_modules() if isinstance(m, convs) and isinstance(teacher_modules.get(n), convs)
+        ]
+        if len(names) > _MAX_MATCHED:
+            picks = np.linspace(0, len(names) - 1, _MAX_MATCHED).round().astype(int)
+            names = [names[i] for i in sorted(set(picks.tolist()))]
+        self.names = names
+        self.maps: dict[str, dict[str, Any]] = {"student": {}, "teacher": {}}
+        self.handles = []
+        student_modules = dict(student.named_modules())
+        for name in names:
+            self.handles.append(student_modules[name].register_forward_hook(self._keep("student", name)))
+            self.handles.append(teacher_modules[name].register_forward_hook(self._keep("teacher", name)))
+
+    def _keep(self, side: str, name: str) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            a = output.pow(2).mean(dim=1).flatten(1)
+            self.maps[side][name] = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+        return hook
+
+    def loss(self) -> Any:
+        """Mean squared difference of the matched maps of the last forward passes (0 when none match)."""
+        terms = [
+            (self.maps["student"][n] - self.maps["teacher"][n]).pow(2).sum(dim=1).mean()
+            for n in self.names
+            if n in self.maps["student"]
+            and n in self.maps["teacher"]
+            and self.maps["student"][n].shape == self.maps["teacher"][n].shape
+        ]
+        return sum(terms) / len(terms) if terms else 0.0
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def _rate(schedule: str, step: int, steps: int) -> float:
     """Learning-rate factor at ``step`` of ``steps``: 1, or a linear warm-up then cosine decay."""
     if schedule == "constant":
@@ -105,9 +168,16 @@ def _rate(schedule: str, step: int, steps: int) -> float:
 
 
 def _augment(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips along the spatial axes: free extra variety, since the teacher labels anything."""
+    """Random flips along the spatial axes and quarter turns in the last two (when square).
+
+    Free extra variety, since the teacher labels anything: the crops a step trains on are new
+    views of the user's images, not the same few tiles again.
+    """
     flips = tuple(ax for ax in range(1, tile.ndim) if rng.random() < 0.5)
-    return np.ascontiguousarray(np.flip(tile, axis=flips)) if flips else tile
+    out = np.flip(tile, axis=flips) if flips else tile
+    if tile.ndim >= 3 and tile.shape[-1] == tile.shape[-2]:
+        out = np.rot90(out, k=int(rng.integers(4)), axes=(-2, -1))
+    return np.ascontiguousarray(out)
 
 
 def distill(
@@ -119,6 +189,7 @@ def distill(
     tile: Sequence[int],
     validation: Sequence[np.ndarray] | None = None,
     seed: int = 0,
+    metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> DistillResult:
     """Train ``student`` to reproduce ``teacher`` on random crops of ``images``; no labels needed.
 
@@ -143,6 +214,10 @@ def distill(
         Fixed tiles ``(C, *tile)`` for those checks; by default four crops of ``images``.
     seed
         Seed of the crops, flips and the validation default.
+    metric
+        ``metric(candidate, reference)`` on output batches, higher is better (the accuracy
+        guard's): when given, the validation checks keep the weights that score best on it and
+        stop early when it stops rising, instead of following the loss.
 
     Returns
     -------
@@ -168,6 +243,7 @@ def distill(
         validation = [fit_tile(images[k % len(images)], tile, vrng) for k in range(4)]
     val = torch.from_numpy(np.stack([np.asarray(v, dtype=np.float32) for v in validation]))
     loss_fn = _loss_fn(loss)
+    attention = None
     teacher.eval()
     student.eval()  # frozen BatchNorm statistics and no dropout: see the module docstring
     teacher_grad = [(p, p.requires_grad) for p in teacher.parameters()]
@@ -189,17 +265,22 @@ def distill(
     with torch.no_grad():
         val_target = torch.cat([teacher(val[i : i + batch_size]) for i in range(0, len(val), batch_size)])
 
-    def check() -> tuple[float, float]:
+    def check() -> tuple[float, float, float]:
+        """Return the validation loss, Pearson, and the score that decides (higher is better)."""
         with torch.no_grad():
             out = torch.cat([student(val[i : i + batch_size]) for i in range(0, len(val), batch_size)])
-            return float(loss_fn(out, val_target)), pearson(out.numpy(), val_target.numpy())
+            value, corr = float(loss_fn(out, val_target)), pearson(out.numpy(), val_target.numpy())
+            return value, corr, (float(metric(out.numpy(), val_target.numpy())) if metric else -value)
 
     started = time.perf_counter()
     try:
-        loss_before, pearson_before = check()
+        if settings.feature_weight > 0:  # hooked after the validation targets: only training steps feed it
+            attention = _Attention(student, teacher)
+        loss_before, pearson_before, best_score = check()
         best_loss, best_pearson, best_state = loss_before, pearson_before, copy.deepcopy(student.state_dict())
+        deadline = None if settings.budget_minutes is None else started + 60 * settings.budget_minutes
         optimizer = torch.optim.Adam([{**g, "lr": g["base_lr"]} for g in groups if g["params"]])
-        bad_checks, ran, stopped = 0, 0, False
+        bad_checks, ran, stopped, out_of_time = 0, 0, False, False
         for step in progress(range(steps), "distilling", total=steps, unit="step"):
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * _rate(settings.schedule, step, steps)
@@ -210,12 +291,15 @@ def distill(
             with torch.no_grad():
                 target = teacher(batch)
             value = loss_fn(student(batch), target)
+            if attention is not None:
+                value = value + settings.feature_weight * attention.loss()
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
             ran = step + 1
-            if ran % eval_every == 0 or ran == steps:
-                val_loss, val_pearson = check()
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            if ran % eval_every == 0 or ran == steps or out_of_time:
+                val_loss, val_pearson, score = check()
                 logger.debug(
                     "distillation step %d: train loss %.4f, validation loss %.4f, pearson %.4f",
                     ran,
@@ -223,16 +307,20 @@ def distill(
                     val_loss,
                     val_pearson,
                 )
-                if val_loss < best_loss * (1 - _MIN_IMPROVEMENT):
+                if score > best_score + _MIN_IMPROVEMENT * abs(best_score if metric is None else 1 - best_score):
                     best_loss, best_pearson, best_state = val_loss, val_pearson, copy.deepcopy(student.state_dict())
-                    bad_checks = 0
+                    best_score, bad_checks = score, 0
                 else:
                     bad_checks += 1
                     if bad_checks >= patience and ran < steps:
                         stopped = True
                         break
+                if out_of_time:
+                    break
         student.load_state_dict(best_state)
     finally:
+        if attention is not None:
+            attention.close()
         student.eval()
         for p, flag in zip(params, student_grad, strict=False):
             p.requires_grad_(flag)
@@ -249,6 +337,8 @@ def distill(
         pearson_after=best_pearson,
         stopped_early=stopped,
         seconds=time.perf_counter() - started,
+        out_of_time=out_of_time and ran < steps,
+        selected_by="loss" if metric is None else getattr(metric, "__name__", "metric"),
     )
     logger.info(
         "distillation: %d steps, validation Pearson %.4f -> %.4f%s",

@@ -106,8 +106,9 @@ class _QatRoute:
         folder: Path,
         opset: int,
         seed: int,
+        metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings, self._metric = settings, metric
         self._student, self._teacher, self._split, self._tile = student, teacher, split, tile
         self.folder, self._opset, self._seed = folder, opset, seed
         self.results: dict[str, Any] = {}
@@ -130,6 +131,7 @@ class _QatRoute:
                 validation=self._split.validation,
                 opset=self._opset,
                 seed=self._seed,
+                metric=self._metric,
             )
         return self.results[preset].onnx.path
 
@@ -203,7 +205,12 @@ def _resolve_callback(ref: str) -> Callable[..., Any]:
 
 
 def _fine_tune(
-    recipe: Recipe, student: Any, teacher: Any, split: SampleSplit, tile: tuple[int, ...]
+    recipe: Recipe,
+    student: Any,
+    teacher: Any,
+    split: SampleSplit,
+    tile: tuple[int, ...],
+    metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> tuple[Any, dict[str, Any] | None]:
     settings = recipe.fine_tune
     if not settings.enabled:
@@ -211,7 +218,14 @@ def _fine_tune(
     method = settings.method
     if method == "distill":
         result = distill(
-            student, teacher, split.train, settings, tile=tile, validation=split.validation, seed=recipe.seed
+            student,
+            teacher,
+            split.train,
+            settings,
+            tile=tile,
+            validation=split.validation,
+            seed=recipe.seed,
+            metric=metric,
         )
         return result.model, result.to_dict()
     fn = method if callable(method) else _resolve_callback(str(method))
@@ -638,7 +652,7 @@ def compress(
         and recipe.fine_tune.enabled
         and (pruning is not None or recipe.fine_tune.method not in FINE_TUNE_METHODS)
     ):
-        model, fine_tuning = _fine_tune(recipe, model, original, split, tile)
+        model, fine_tuning = _fine_tune(recipe, model, original, split, tile, judge.batch_metric())
     changed = pruning is not None or fine_tuning is not None
     standard = ""
     if recipe.fidelity.threshold is None and not changed:
@@ -682,7 +696,15 @@ def compress(
         )
         reference_info = {**exported.to_dict(), "fidelity_vs_original": reference_fidelity.to_dict()}
         qat = _QatRoute(
-            recipe.qat, model, original, split, tile, writer.root / ".qat", recipe.export.opset, recipe.seed
+            recipe.qat,
+            model,
+            original,
+            split,
+            tile,
+            writer.root / ".qat",
+            recipe.export.opset,
+            recipe.seed,
+            judge.batch_metric(),
         )
         lowered = [
             _lower_target(

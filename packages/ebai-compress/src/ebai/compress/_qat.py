@@ -20,7 +20,7 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,7 @@ def quantization_aware(
     validation: Sequence[np.ndarray] | None = None,
     opset: int = 18,
     seed: int = 0,
+    metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> QatResult:
     """Quantize ``student`` with NNCF, fine-tune it against ``teacher``, and export a QDQ ONNX file.
 
@@ -143,6 +144,9 @@ def quantization_aware(
         Fixed tiles for early stopping (never the guard's held-out tiles).
     opset, seed
         ONNX opset of the file; seed of the crops.
+    metric
+        The guard's metric on output batches: the weights kept are those scoring best on the
+        validation tiles (by default, those of the lowest validation loss).
 
     Returns
     -------
@@ -187,7 +191,7 @@ def quantization_aware(
         schedule="cosine",
         vector_lr_scale=10.0,
     )
-    tuned = distill(quantized, teacher, images, tune, tile=tile, validation=validation, seed=seed)
+    tuned = distill(quantized, teacher, images, tune, tile=tile, validation=validation, seed=seed, metric=metric)
     quantizers = _quantizers(tuned.model)
     for q in quantizers:
         q.set_export_mode(QuantizerExportMode.ONNX_QUANTIZE_DEQUANTIZE_PAIRS)

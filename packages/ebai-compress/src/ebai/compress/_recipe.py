@@ -160,6 +160,13 @@ class FineTuneSettings:
     schedule
         ``"constant"`` learning rate, or ``"cosine"``: a linear warm-up over the first tenth of
         the budget, then cosine decay to zero at the last step.
+    feature_weight
+        Weight of intermediate-feature matching (attention transfer: the channel-mean of squared
+        activations of convolutions found in both networks, which a pruned student's fewer
+        channels do not prevent) added to the output loss; 0 matches outputs only.
+    budget_minutes
+        Wall-time budget; training stops at the first step past it (the best weights are
+        kept). ``None``: only the step budget counts.
     vector_lr_scale
         Factor on the learning rate of parameters with one value per channel (biases,
         normalisation scales, quantizer ranges): they set the scale each channel runs at, and at
@@ -175,6 +182,8 @@ class FineTuneSettings:
     patience: int = 4
     schedule: str = "constant"
     vector_lr_scale: float = 1.0
+    budget_minutes: float | None = None
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -208,6 +217,13 @@ class FineTuneSettings:
         if not float(self.vector_lr_scale) > 0:
             _fail(f"fine_tune.vector_lr_scale must be positive, got {self.vector_lr_scale}")
         object.__setattr__(self, "vector_lr_scale", float(self.vector_lr_scale))
+        if not float(self.feature_weight) >= 0:
+            _fail(f"fine_tune.feature_weight must be 0 or more, got {self.feature_weight}")
+        object.__setattr__(self, "feature_weight", float(self.feature_weight))
+        if self.budget_minutes is not None:
+            if not float(self.budget_minutes) > 0:
+                _fail(f"fine_tune.budget_minutes must be positive, got {self.budget_minutes}")
+            object.__setattr__(self, "budget_minutes", float(self.budget_minutes))
 
     @property
     def enabled(self) -> bool:

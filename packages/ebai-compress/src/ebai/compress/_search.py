@@ -134,7 +134,9 @@ def search_ratio(
             began = time.perf_counter()
             settings = dataclasses.replace(prune_settings, method=method, ratio=ratio)
             pruned = prune(original, example, settings)
-            tuned = distill(pruned.model, original, train, fine_tune, tile=tile, validation=validation, seed=seed)
+            tuned = distill(
+                pruned.model, original, train, fine_tune, tile=tile, validation=validation, seed=seed, metric=metric
+            )
             outputs = run_batches(torch_infer(tuned.model), list(validation))
             value = float(
                 np.mean(

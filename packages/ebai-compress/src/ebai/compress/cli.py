@@ -143,8 +143,10 @@ def summary(manifest: Any, path: Path) -> str:
     tuning = manifest.fine_tuning
     if tuning and tuning.get("method") == "distill":
         lines.append(
-            f"distillation: {tuning['steps']} steps, pearson {tuning['pearson_before']:.4f} -> {tuning['pearson_after']:.4f}"
+            f"distillation: {tuning['steps']} steps in {tuning['seconds']:.0f} s, pearson {tuning['pearson_before']:.4f} -> "
+            f"{tuning['pearson_after']:.4f}"
             + (" (stopped early)" if tuning.get("stopped_early") else "")
+            + (" (time budget spent)" if tuning.get("out_of_time") else "")
         )
     elif tuning:
         lines.append(f"fine-tuning: {tuning.get('callback', tuning.get('method'))}")
@@ -236,6 +238,7 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
 )
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe file (YAML or TOML); options here override it.")
 @click.option("--steps", type=int, help="Distillation step budget after pruning (0: no fine-tuning).")
+@click.option("--distill-minutes", type=float, help="Distillation time budget in minutes (the best weights are kept).")
 @click.option(
     "--min-fidelity",
     type=float,
@@ -273,6 +276,7 @@ def compress(
     targets: tuple[str, ...],
     recipe: str | None,
     steps: int | None,
+    distill_minutes: float | None,
     min_fidelity: float | None,
     budget_minutes: float | None,
     qat: bool | None,
@@ -307,8 +311,10 @@ def compress(
         changes["search"] = {**changes.get("search", {}), "budget_minutes": budget_minutes}
     if min_fidelity is not None:
         changes["fidelity"] = {"threshold": min_fidelity}
-    if steps is not None:
-        changes["fine_tune"] = {"steps": steps}
+    if steps is not None or distill_minutes is not None:
+        changes["fine_tune"] = {
+            k: v for k, v in (("steps", steps), ("budget_minutes", distill_minutes)) if v is not None
+        }
     if qat is not None or qat_steps is not None:
         changes["qat"] = {k: v for k, v in (("when", _QAT_WHEN.get(qat)), ("steps", qat_steps)) if v is not None}
     if precision:
