@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,26 +20,6 @@ def _block3(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-class UNet3D(nn.Module):
-    """3D U-Net: skip concatenations, transposed convolutions, BatchNorm, in-place ReLU."""
-
-    def __init__(self, cin: int = 1, cout: int = 1, ch: tuple[int, int, int] = (16, 32, 64)) -> None:
-        super().__init__()
-        self.enc1, self.enc2, self.bottom = _block3(cin, ch[0]), _block3(ch[0], ch[1]), _block3(ch[1], ch[2])
-        self.pool = nn.MaxPool3d(2)
-        self.up2, self.dec2 = nn.ConvTranspose3d(ch[2], ch[1], 2, stride=2), _block3(2 * ch[1], ch[1])
-        self.up1, self.dec1 = nn.ConvTranspose3d(ch[1], ch[0], 2, stride=2), _block3(2 * ch[0], ch[0])
-        self.head = nn.Conv3d(ch[0], cout, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e1 = self.enc1(x)
-        e2 = self.enc2(self.pool(e1))
-        b = self.bottom(self.pool(e2))
-        d2 = self.dec2(torch.cat([self.up2(b), e2], 1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
-        return self.head(d1)
-
-
 def _instance_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv3d(cin, cout, 3, padding=1),
@@ -50,16 +31,17 @@ def _instance_block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-class InstanceUNet3D(nn.Module):
-    """3D U-Net with instance normalisation (as MONAI's BasicUNet), skip concatenations, transposed convolutions."""
+class UNet3D(nn.Module):
+    """3D U-Net: skip concatenations, transposed convolutions, BatchNorm, in-place ReLU (or ``block``'s layers)."""
 
-    def __init__(self, cin: int = 1, cout: int = 1, ch: tuple[int, int, int] = (8, 16, 32)) -> None:
+    def __init__(
+        self, cin: int = 1, cout: int = 1, ch: tuple[int, int, int] = (16, 32, 64), block: Any = _block3
+    ) -> None:
         super().__init__()
-        self.enc1, self.enc2 = _instance_block(cin, ch[0]), _instance_block(ch[0], ch[1])
-        self.bottom = _instance_block(ch[1], ch[2])
+        self.enc1, self.enc2, self.bottom = block(cin, ch[0]), block(ch[0], ch[1]), block(ch[1], ch[2])
         self.pool = nn.MaxPool3d(2)
-        self.up2, self.dec2 = nn.ConvTranspose3d(ch[2], ch[1], 2, stride=2), _instance_block(2 * ch[1], ch[1])
-        self.up1, self.dec1 = nn.ConvTranspose3d(ch[1], ch[0], 2, stride=2), _instance_block(2 * ch[0], ch[0])
+        self.up2, self.dec2 = nn.ConvTranspose3d(ch[2], ch[1], 2, stride=2), block(2 * ch[1], ch[1])
+        self.up1, self.dec1 = nn.ConvTranspose3d(ch[1], ch[0], 2, stride=2), block(2 * ch[0], ch[0])
         self.head = nn.Conv3d(ch[0], cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,8 +53,10 @@ class InstanceUNet3D(nn.Module):
         return self.head(d1)
 
 
-def instance_unet3d(seed: int = 0, spread: float = 1.0) -> InstanceUNet3D:
-    """An :class:`InstanceUNet3D` whose mid-block channels span ``spread``-fold ranges of values.
+def instance_unet3d(seed: int = 0, spread: float = 1.0) -> UNet3D:
+    """A :class:`UNet3D` with instance normalisation (as MONAI's BasicUNet), channels 8-16-32.
+
+    Its mid-block channels span ``spread``-fold ranges of values.
 
     Each block's first normalisation scales its channels by factors log-uniform in
     [1/spread, 1] and the next convolution divides them back out: the same function (LeakyReLU
@@ -80,7 +64,7 @@ def instance_unet3d(seed: int = 0, spread: float = 1.0) -> InstanceUNet3D:
     very different size, as in trained networks that post-training quantization handles badly.
     """
     torch.manual_seed(seed)
-    model = InstanceUNet3D()
+    model = UNet3D(ch=(8, 16, 32), block=_instance_block)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for block in model.modules():
