@@ -112,6 +112,20 @@ def test_cli_prune_auto_searches_the_ratio_for_min_fidelity(tmp_path, images2d, 
     assert f"pruning search: l1 at ratio {pruning['ratio']:g} is the largest reaching 0.5" in result.output
 
 
+@pytest.mark.slow
+def test_cli_qat_makes_the_int8_network_by_quantization_aware_training(tmp_path, images2d, weights, ort_backend):
+    pytest.importorskip("nncf")
+    ort_backend.prequantized = True
+    data = write_images(tmp_path / "data", images2d)
+    out = tmp_path / "qat.ebai"
+    args = ["--int8", "--qat", "--qat-steps", 2, "--target", "ort"]
+    result = run(*model_args(weights), "--data", data, "--prune", "none", *args, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "int8      ort:int8: made by qat (2 steps" in result.output
+    assert [e["dir"].name for e in ort_backend.lowered] == [".ort-default"]  # only the timing baseline: no PTQ try
+    assert ort_backend.prequantized_calls == ["qat-mixed.onnx"]
+
+
 def error_line(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
