@@ -409,6 +409,13 @@ def _lower_target(
                 raise
             fallback += f"; quantization-aware training was not tried ({exc})"
             trained = None
+        except Exception as exc:  # a last resort that fails leaves the guard's verdict to speak
+            if only_qat:
+                raise
+            shutil.rmtree(root / f".{folder}.qat", ignore_errors=True)
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            fallback += f"; quantization-aware training failed ({type(exc).__name__}: {reason})"
+            trained = None
         if trained is not None:
             tried.append(trained)
             steps = qat.results[qat_preset].tuning.steps
