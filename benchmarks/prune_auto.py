@@ -38,6 +38,7 @@ def main() -> None:
     import torch
 
     from ebai.compress import compress
+    from ebai.compress._samples import fit_tile
     from ebai.core.data import ArraySource
     from ebai.core.latency import measure_interleaved
     from ebai.tasks._adapter import TaskAdapter
@@ -92,8 +93,8 @@ def main() -> None:
                     f"{'pass' if p['passed'] else 'fail'}, MACs {p['mac_reduction']:.2f}x, {p['seconds']:.0f} s"
                 )
         if len(arts) == 2:
-            tile = np.stack([np.asarray(images[0], np.float32)[(slice(None), *[slice(0, t) for t in task.tile])]])
-            batch = np.ascontiguousarray(adapter.preprocess(tile[0])[np.newaxis], dtype=np.float32)
+            tile = fit_tile(adapter.preprocess(np.asarray(images[0], np.float32)), task.tile, center=True)
+            batch = np.ascontiguousarray(tile[np.newaxis], dtype=np.float32)
             engines = {k: a.load_engine("openvino", "int8") for k, a in arts.items()}
             try:
                 stats = measure_interleaved(

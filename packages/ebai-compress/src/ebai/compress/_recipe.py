@@ -246,6 +246,9 @@ class SearchSettings:
         The grid of ratios searched.
     budget_minutes
         Wall time after which no new probe starts; the best passing ratio found so far is kept.
+    margin
+        How far above the target a probe's fp32 fidelity must be: the int8 network made from it
+        loses a little more, and the guard holds that one to the target itself.
     """
 
     methods: tuple[str, ...] = ("l1",)
@@ -253,6 +256,7 @@ class SearchSettings:
     high: float = 0.9
     step: float = 0.05
     budget_minutes: float = 60.0
+    margin: float = 0.005
 
     def __post_init__(self) -> None:
         methods = (self.methods,) if isinstance(self.methods, str) else tuple(str(m).lower() for m in self.methods)
@@ -274,6 +278,9 @@ class SearchSettings:
         object.__setattr__(self, "high", high)
         object.__setattr__(self, "step", float(self.step))
         object.__setattr__(self, "budget_minutes", float(self.budget_minutes))
+        if not 0 <= float(self.margin) < 1:
+            _fail(f"search.margin must be in [0, 1), got {self.margin}")
+        object.__setattr__(self, "margin", float(self.margin))
 
 
 @dataclass(frozen=True)

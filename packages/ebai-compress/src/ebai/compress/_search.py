@@ -5,7 +5,9 @@ network with one criterion at one ratio, distils it as a fixed ratio would be, a
 the guard's metric against the original on the validation tiles (cut from the training images,
 so the guard's held-out images still decide the final verdict unseen). Fidelity falls as the
 ratio grows, so the ratios are bisected on a grid; every probe, kept or not, is recorded as the
-trade-off curve, and the search stops when its time budget is spent.
+trade-off curve, and the search stops when its time budget is spent. A probe must clear the target
+by ``search.margin`` (int8 lowering loses a little more, and the guard then holds the lowered
+network to the target itself); the passing probe that cuts the most MACs is kept.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def search_ratio(
     deadline = started + search.budget_minutes * 60
     grid = _grid(search)
     probes: list[dict[str, Any]] = []
-    best: tuple[float, Any, dict[str, Any], dict[str, Any]] | None = None  # (ratio, model, pruning, tuning)
+    best: tuple[float, Any, dict[str, Any], dict[str, Any]] | None = None  # (MAC reduction, model, pruning, tuning)
     spent = False
     scored: dict[tuple[str, float], float] = {}
     for method in search.methods:
@@ -143,7 +145,11 @@ def search_ratio(
                     [metric(c[np.newaxis], r[np.newaxis]) for c, r in zip(outputs, validation_original, strict=True)]
                 )
             )
-            passed = value >= target
+            # Torch-Pruning leaves layers whole when the ratio would round their channels to nothing, so a
+            # larger ratio can cut fewer MACs: such a probe buys nothing and counts as a failure
+            smaller = [p["mac_reduction"] for p in probes if p["method"] == method and p["ratio"] < ratio]
+            degenerate = bool(smaller) and pruned.mac_reduction <= max(smaller)
+            passed = value >= target + search.margin and not degenerate
             scored[(method, ratio)] = value
             probes.append(
                 {
@@ -151,6 +157,7 @@ def search_ratio(
                     "ratio": ratio,
                     metric_name: round(value, 5),
                     "passed": passed,
+                    "degenerate": degenerate,
                     "mac_reduction": round(pruned.mac_reduction, 3),
                     "params_after": pruned.params_after,
                     "steps": tuned.steps,
@@ -162,8 +169,8 @@ def search_ratio(
             )
             if passed:
                 lo = mid
-                if best is None or ratio > best[0]:
-                    best = (ratio, tuned.model, pruned.to_dict(), tuned.to_dict())
+                if best is None or pruned.mac_reduction > best[0]:
+                    best = (pruned.mac_reduction, tuned.model, pruned.to_dict(), tuned.to_dict())
             else:
                 hi = mid
         if spent:
@@ -178,12 +185,16 @@ def search_ratio(
         )
         msg = (
             f"no pruning ratio from {grid[0]:g} to {grid[-1]:g} ({', '.join(search.methods)}) reaches {metric_name} "
-            f"{target:g} against the original after distillation within {search.budget_minutes:g} min ({reached}); "
+            f"{target:g}{f' + margin {search.margin:g}' if search.margin else ''} against the original after distillation within {search.budget_minutes:g} min ({reached}); "
             "nothing was written: lower --min-fidelity, give more --steps or --budget-minutes, or skip pruning"
         )
         raise FidelityError(msg)
-    ratio, model, pruning, tuning = best
+    _, model, pruning, tuning = best
     logger.info(
-        "search: kept %s at ratio %.2f after %d probes in %.0f s", pruning["method"], ratio, len(probes), seconds
+        "search: kept %s at ratio %.2f after %d probes in %.0f s",
+        pruning["method"],
+        pruning["ratio"],
+        len(probes),
+        seconds,
     )
     return SearchResult(model, pruning, tuning, probes, target, seconds, spent)
