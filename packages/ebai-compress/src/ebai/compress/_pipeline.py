@@ -264,14 +264,15 @@ def _engine_outputs(backend: Backend, folder: Path, lowering: Lowering, tiles: l
         engine.close()
 
 
-def _suggestion(precision: str, changed: bool) -> str:
+def _suggestion(precision: str, changed: bool, qat_tried: bool = False) -> str:
+    more = "give quantization-aware training more steps (--qat-steps), " if qat_tried else ""
     if not changed:
         return (
-            f"keep {precision} off for this model, calibrate on more images like the ones you will run, or "
+            f"keep {precision} off for this model, {more}calibrate on more images like the ones you will run, or "
             "give a lower fidelity.threshold if the figures above are good enough for your use"
         )
     if precision == "int8":
-        return "try fp16 or fp32 for this target, a lower pruning ratio, more fine-tuning steps, or a lower fidelity.threshold"
+        return f"try fp16 or fp32 for this target, {more}a lower pruning ratio, more fine-tuning steps, or a lower fidelity.threshold"
     return "try a lower pruning ratio, more fine-tuning steps, or a lower fidelity.threshold"
 
 
@@ -435,7 +436,7 @@ def _lower_target(
             f"{name} {precision} reaches {judge.metric} {judge.value(best.fidelity):.4f} against the original model on "
             f"{best.fidelity.samples} held-out tiles, below the threshold {judge.threshold:g}{standard} "
             f"(tried: {figures}{fallback}); "
-            f"nothing was written: {_suggestion(precision, changed)}"
+            f"nothing was written: {_suggestion(precision, changed, any(c.label == 'qat' for c in tried))}"
         )
         raise FidelityError(msg)
     best.folder.rename(root / folder)
