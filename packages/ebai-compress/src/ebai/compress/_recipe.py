@@ -256,7 +256,7 @@ class SearchSettings:
     high: float = 0.9
     step: float = 0.05
     budget_minutes: float = 60.0
-    margin: float = 0.005
+    margin: float = 0.002
 
     def __post_init__(self) -> None:
         methods = (self.methods,) if isinstance(self.methods, str) else tuple(str(m).lower() for m in self.methods)
