@@ -169,7 +169,7 @@ def _lower_qdq(reference: Path, scratch: Path, adapter: Any, data: Sequence[str 
         precision="int8",
         input_spec=spec,
         calibration=calibration,
-        options={"quantizer": "onnxruntime", "calibration_method": "percentile"},
+        options={"quantizer": "onnxruntime", "calibration_method": "minmax"},
     )
     return scratch / lowering.entry
 
