@@ -165,8 +165,9 @@ def _round_trip(name: str, plan: dict, tmp_path: Path) -> None:
     assert summary.status == "passed", [e.msg for d in summary.details for e in d.errors]
 
     # the held-out synthetic set, at a size other than the test tensor's (the exported package's
-    # space axes are min + n*step, as the original's)
-    shape = [t + task.divisor for t in tile]
+    # space axes are min + n*step, as the original's): twice the tile plus one divisor, so that even
+    # two images hold enough nuclei for AP50 to mean something
+    shape = [2 * t + task.divisor for t in tile]
     inputs, truth = task.make_samples(plan["held_out"], tasks.TEST_SEED, shape=shape)
     original = _predict(load_model_description(package), inputs)
     compressed_out = _predict(load_model_description(exported), inputs)
