@@ -15,7 +15,7 @@ its descendants (Dask scheduler, nannies, workers), of psutil's RSS sampled ever
 Throughput is output voxels / wall time of the whole command (start-up, statistics pass and
 writing included).
 
-Run:  python benchmarks/scale.py [--sizes 1,4,12] [--workers 1] [--block-memory 1536] [--dir /tmp/ebai-scale]
+Run:  python benchmarks/scale.py [--sizes 1,4,12] [--workers 1] [--block-memory 2048] [--dir /tmp/ebai-scale]
       [--json out.json] [--skip-in-memory]
 
 Disk: each Dask row needs its input and its output (2x the size); the 1 GB row also an NPY copy
@@ -48,8 +48,10 @@ def build_artifact(path: Path) -> Path:
     from ebai.compress import compress
     from ebai.core.data import ArraySource
     from ebai.tasks._adapter import TaskAdapter
-    from ebai.tasks._benchmark import CALIBRATION_SEED, BenchSettings, _recipe
     from ebai.tasks._registry import get_task
+    from ebai.tasks._settings import BenchSettings
+    from ebai.tasks._task import CALIBRATION_SEED
+    from ebai.tasks._variants import recipe
 
     task = get_task("denoising")
     settings = BenchSettings.quick(volume=BASE)
@@ -57,7 +59,7 @@ def build_artifact(path: Path) -> Path:
     compress(
         TaskAdapter(task.name),
         ArraySource(list(images)),
-        _recipe(task, settings, pruned=False, targets={"openvino": "int8"}),
+        recipe(task, settings, pruned=False, targets={"openvino": "int8"}),
         path,
     )
     return path
@@ -136,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,4,12", help="Dask volumes in GB (the first also runs in memory)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--block-memory", type=int, default=1536)
+    parser.add_argument("--block-memory", type=int, default=2048)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ebai-scale"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--skip-in-memory", action="store_true", help="only Dask rows (e.g. to add a size later)")

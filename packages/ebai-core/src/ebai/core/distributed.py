@@ -253,7 +253,10 @@ def run_block(job: BlockJob, block: Any) -> int:
     engine = _engine(job)
     read, _, _ = block_region(job.grid, block)
     sample = job.spec.normalization.rescale(view.read(read), job.lo, job.hi)
-    result = predict_block(sample, job.grid, block, engine, batch_size=job.batch_size)
+    core = predict_block(sample, job.grid, block, engine, batch_size=job.batch_size)
+    del sample  # the blend's core is copied out only now, so three region-sized arrays never coexist
+    result = np.ascontiguousarray(core)
+    del core  # frees the blend's halo
     index = (slice(None), *(slice(lo, hi) for lo, hi in block.core))
     write_block(Path(job.output), block.name, index, result)
     return block.voxels
