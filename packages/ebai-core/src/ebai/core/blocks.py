@@ -286,17 +286,20 @@ def image_statistics(
     normalization: Normalization,
     *,
     max_voxels: int = 1 << 24,
+    threads: int = 1,
+    align: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``lo``/``hi`` of :meth:`Normalization.rescale` over a whole image read in slabs.
 
-    ``minmax`` and ``zscore`` are exact (streamed in float64). ``percentile`` is exact for images of
-    at most ``max_voxels`` voxels per channel; larger images use every k-th plane along the first
-    spatial axis, about ``max_voxels`` voxels, since exact percentiles need the whole image sorted.
+    ``minmax`` and ``zscore`` are exact (slabs summed in float64 and merged in order, so the result
+    does not depend on ``threads``). ``percentile`` is exact for images of at most ``max_voxels``
+    voxels per channel; larger images use every k-th plane along the first spatial axis, about
+    ``max_voxels`` voxels, since exact percentiles need the whole image sorted.
 
     Parameters
     ----------
     read
-        Reads one spatial region as ``(C, *region)`` float32.
+        Reads one spatial region as ``(C, *region)`` float32; called from ``threads`` threads at once.
     shape
         Spatial shape of the image.
     channels
@@ -304,37 +307,55 @@ def image_statistics(
     normalization
         The normalisation to compute statistics for.
     max_voxels
-        Voxels per channel held at once (slab size, and the percentile sample).
+        Voxels per channel held at once per thread (slab size, and the percentile sample).
+    threads
+        Slabs read and reduced at once (decompression and numpy release the GIL).
+    align
+        Storage chunk length along the first spatial axis: slabs are whole multiples of it, so no
+        chunk is decompressed twice.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     shape = tuple(int(s) for s in shape)
     if normalization.kind == "none":
         return np.zeros(channels, np.float32), np.ones(channels, np.float32)
     plane = math.prod(shape[1:])
-    step = max(1, max_voxels // max(plane, 1))
+    align = max(1, int(align))
+    step = max(1, max_voxels // max(plane, 1) // align) * align
     rest = tuple(slice(0, s) for s in shape[1:])
     if normalization.kind == "percentile":
         stride = max(1, -(-math.prod(shape) // max_voxels))
         data = read((slice(0, shape[0], stride), *rest))
         return normalization.statistics(data)
+    minmax = normalization.kind == "minmax"
+
+    def reduce(z: int) -> tuple[int, np.ndarray, np.ndarray]:
+        slab = read((slice(z, min(z + step, shape[0])), *rest)).reshape(channels, -1)
+        if minmax:
+            return 0, slab.min(axis=1).astype(np.float64), slab.max(axis=1).astype(np.float64)
+        mean = slab.mean(axis=1, dtype=np.float64)
+        mean32 = mean.astype(np.float32)
+        dev = slab - mean32[:, None]  # one float32 temporary, squared in place, summed in float64
+        np.square(dev, out=dev)
+        n = slab.shape[1]
+        # sum((x - mean)^2) = sum((x - mean32)^2) - n (mean - mean32)^2
+        m2 = dev.sum(axis=1, dtype=np.float64) - n * (mean - mean32.astype(np.float64)) ** 2
+        return n, mean, m2
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        parts = list(pool.map(reduce, range(0, shape[0], step)))
+    if minmax:
+        lo = np.min([p[1] for p in parts], axis=0)
+        hi = np.max([p[2] for p in parts], axis=0)
+        return lo.astype(np.float32), hi.astype(np.float32)
     count = 0
     mean = np.zeros(channels)
     m2 = np.zeros(channels)
-    lo = np.full(channels, np.inf)
-    hi = np.full(channels, -np.inf)
-    for z in range(0, shape[0], step):
-        slab = read((slice(z, min(z + step, shape[0])), *rest)).reshape(channels, -1).astype(np.float64)
-        if normalization.kind == "minmax":
-            lo, hi = np.minimum(lo, slab.min(axis=1)), np.maximum(hi, slab.max(axis=1))
-            continue
-        n = slab.shape[1]
-        slab_mean = slab.mean(axis=1)
-        slab_m2 = ((slab - slab_mean[:, None]) ** 2).sum(axis=1)
+    for n, slab_mean, slab_m2 in parts:  # Chan et al.'s pairwise merge, in slab order
         delta = slab_mean - mean
         total = count + n
         mean = mean + delta * n / total
         m2 = m2 + slab_m2 + delta**2 * count * n / total
         count = total
-    if normalization.kind == "minmax":
-        return lo.astype(np.float32), hi.astype(np.float32)
     lo32 = mean.astype(np.float32)
     return lo32, lo32 + np.sqrt(m2 / count).astype(np.float32)
