@@ -2,8 +2,9 @@
 
 The model is the demo's int8 denoiser: the shipped denoising U-Net compressed once here with
 ``ebai.compress.compress`` (no pruning, OpenVINO int8, as ``ebai demo`` does). The volumes are
-float32 Zarr arrays written slab by slab, never held in memory: one synthetic noisy volume of the
-denoising task (32x256x256) repeated over the whole extent with fresh noise in every slab.
+float32 Zarr arrays (chunks 32x256x256, Blosc LZ4 with byte shuffle) written slab by slab, never
+held in memory: one synthetic noisy volume of the denoising task (32x256x256) repeated over the
+whole extent with fresh noise in every slab.
 
 Rows:
 
@@ -94,7 +95,17 @@ def write_zarr(path: Path, shape: tuple[int, ...], base: np.ndarray) -> None:
 
     if (path / ".zarray").is_file():
         return
-    arr = zarr.create_array(store=str(path), shape=shape, chunks=(32, 256, 256), dtype="float32", zarr_format=2)
+    import numcodecs
+
+    # Blosc LZ4 with byte shuffle: zarr-python 2's default compressor, common in OME-Zarr files
+    arr = zarr.create_array(
+        store=str(path),
+        shape=shape,
+        chunks=(32, 256, 256),
+        dtype="float32",
+        zarr_format=2,
+        compressors=numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
+    )
     for z0, slab in slabs(shape, base, seed=len(shape) + shape[0]):
         arr[z0 : z0 + slab.shape[0]] = slab
 

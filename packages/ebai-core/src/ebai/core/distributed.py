@@ -35,6 +35,7 @@ __all__ = [
     "region_text",
     "run_block",
     "usable_cores",
+    "warm_up",
     "worker_threads",
     "workers_info",
 ]
@@ -225,6 +226,16 @@ def _engine(job: BlockJob) -> Any:
         _ENGINES[key] = art.load_engine(job.backend, job.precision, **options)
         LOADS[job.artifact] = LOADS.get(job.artifact, 0) + 1
     return _ENGINES[key]
+
+
+def warm_up(job: BlockJob) -> str:
+    """Check the artifact and compile its engine in this worker now (run on every worker at start).
+
+    ``ebai run`` calls it while the whole-image statistics are still being read, so the first
+    block does not wait for the compilation; returns the worker's host name.
+    """
+    _engine(job)
+    return socket.gethostname()
 
 
 def _host() -> str:

@@ -245,7 +245,15 @@ def run_large(
 
     from ebai.core.blocks import choose_block, plan_blocks, tile_grid
     from ebai.core.commands._run_setup import load_adapter
-    from ebai.core.distributed import BlockJob, check_paths, open_client, run_block, worker_threads, workers_info
+    from ebai.core.distributed import (
+        BlockJob,
+        check_paths,
+        open_client,
+        run_block,
+        warm_up,
+        worker_threads,
+        workers_info,
+    )
     from ebai.core.largeio import OutputZarr, SampleView, open_image
 
     spec = art.manifest.input
@@ -356,6 +364,7 @@ def run_large(
             client.run(check_paths, work[0][1].artifact, *(job.source for _, job, *_ in work), str(out_dir.resolve()))
             threads = tuple(sorted(worker_threads(client).items()))
             n_workers = len(workers_info(client))
+            client.run(warm_up, replace(work[0][1], threads=threads))  # compiles while the statistics are read
             figures = []
             for (out, *_, state), future in zip(work, stats, strict=True):
                 try:
