@@ -449,3 +449,24 @@ def test_whole_image_postprocess_is_refused_on_blocks(artifacts, images, referen
     # --raw writes the model output block by block, as without an adapter
     invoke(*args, "--raw")
     _close(_read_output(tmp_path / "out" / "vol.ome.zarr"), references["3d"])
+
+
+def test_statistics_pass_stops_when_the_run_ends(images, tmp_path) -> None:
+    from threading import Event
+
+    from ebai.core.commands._run_large import _statistics
+    from ebai.core.largeio import SampleView, open_image
+    from ebai.core.specs import InputSpec, Normalization
+
+    path = tmp_path / "vol.npy"
+    np.save(path, images["3d"])
+    spec = InputSpec("bczyx", 1, (16, 32, 32), normalization=Normalization("zscore"))
+    view = SampleView(open_image(path, 0), spec)
+    stop = Event()
+    lo, hi, zeroed = _statistics(view, spec, "error", path, stop)
+    data = images["3d"].astype(np.float64)
+    assert np.isclose(lo[0], data.mean(), rtol=1e-6) and np.isclose(hi[0] - lo[0], data.std(), rtol=1e-5)
+    assert zeroed == 0
+    stop.set()  # what run_large does when the run fails or ends while the pass is still reading
+    with pytest.raises(InputError, match="stopped before the whole-image statistics"):
+        _statistics(view, spec, "error", path, stop)

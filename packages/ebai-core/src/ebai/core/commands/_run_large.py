@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -276,6 +277,7 @@ def run_large(
             raise InputError(msg)
         dests[dest] = path
 
+    stop = threading.Event()  # set when the run ends, so a statistics pass still reading stops
     handlers = _log_handlers(out_dir)
     for h in handlers:
         logger.addHandler(h)
@@ -348,9 +350,12 @@ def run_large(
             work.append((out, job, todo, len(blocks), view, state))
         if not work:
             return
-        # the statistics are read while the cluster starts (one image after the other)
+        # the statistics are read while the cluster starts (one image after the other); a run that
+        # fails meanwhile (no scheduler, Ctrl-C) stops them at the next slab instead of waiting for them
         pool = ThreadPoolExecutor(1)
-        stats = [pool.submit(_statistics, view, spec, nan_policy, Path(job.source)) for _, job, _, _, view, _ in work]
+        stats = [
+            pool.submit(_statistics, view, spec, nan_policy, Path(job.source), stop) for _, job, _, _, view, _ in work
+        ]
         pool.shutdown(wait=False)
         with open_client(
             scheduler=scheduler,
@@ -389,12 +394,13 @@ def run_large(
                     click.echo(f"{job.source}: {n} NaN/Inf value(s) set to 0 (--nan-policy zero)", err=True)
                     logger.info("%s: %d NaN/Inf value(s) set to 0 (--nan-policy zero)", job.source, n)
     finally:
+        stop.set()
         for h in handlers:
             logger.removeHandler(h)
             h.close()
 
 
-def _statistics(view: Any, spec: Any, nan_policy: str, path: Path) -> tuple[Any, Any, int]:
+def _statistics(view: Any, spec: Any, nan_policy: str, path: Path, stop: threading.Event) -> tuple[Any, Any, int]:
     """Whole-image ``lo``, ``hi`` over the image with ``nan_policy`` applied, and the NaN/Inf values zeroed."""
     from ebai.core.blocks import image_statistics
     from ebai.core.distributed import region_text, usable_cores
@@ -403,6 +409,9 @@ def _statistics(view: Any, spec: Any, nan_policy: str, path: Path) -> tuple[Any,
     zeroed = [0]
 
     def read(region: tuple[slice, ...]) -> Any:
+        if stop.is_set():
+            msg = "the run was stopped before the whole-image statistics were read"
+            raise InputError(msg)
         data, bad = apply_nan_policy(view.read(region), nan_policy, f"{str(path)!r} at {region_text(region)}")
         zeroed[0] += bad  # the slabs do not overlap
         return data
