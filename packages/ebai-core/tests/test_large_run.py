@@ -290,15 +290,16 @@ def _wait_for_block(proc: subprocess.Popen, count: int) -> list[str]:
 def test_sigkill_half_way_then_rerun_finishes_only_missing_blocks(artifacts, images, references, tmp_path) -> None:
     source = tmp_path / "vol.npy"
     np.save(source, images["3d"])
+    # many small blocks, so the kill lands while most are still to run even on a loaded machine
     args = ["run", str(artifacts["3d"]), str(source), "-o", str(tmp_path / "out"), "--chunked", "--workers", "2",
-            "--block", "16,24,32", "-O", "inference_precision=f32"]  # fmt: skip
+            "--block", "8,16,16", "-O", "inference_precision=f32"]  # fmt: skip
     proc = _start(args)
     _wait_for_block(proc, 8)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     out = tmp_path / "out" / "vol.ome.zarr"
     done = len(list((out / ".ebai-blocks").iterdir()))
-    total = 3 * 3 * 3
+    total = 5 * 5 * 5
     assert 8 <= done < total
     rerun = invoke(*args)
     assert f"already written, running the other {total - done}" in rerun.output
