@@ -16,8 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ebai.core.specs import InputSpec, OutputSpec
 from ebai.core.profiling import LayerProfile
+from ebai.core.specs import InputSpec, OutputSpec
 
 __all__ = [
     "Backend",

@@ -68,7 +68,7 @@ class LayerProfile:
         return sum(g.seconds for g in self.groups)
 
     def seconds(self, layer_type: str | None = None, precision: str | None = None) -> float:
-        """Summed time of the groups matching ``layer_type`` and/or ``precision`` (``None``: any)."""
+        """Return the summed time of the groups matching ``layer_type`` and/or ``precision`` (``None``: any)."""
         return sum(
             g.seconds
             for g in self.groups

@@ -92,7 +92,7 @@ class PrecisionChoice:
     timings: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
-        """The manifest record: layers by precision and the measured gain over the default."""
+        """Return the manifest record: layers by precision and the measured gain over the default."""
         return {
             "chosen": self.chosen,
             "layers_int8": list(self.int8_layers),
@@ -105,7 +105,7 @@ class PrecisionChoice:
 
 
 def pick(medians: dict[str, float]) -> str:
-    """The fastest int8 candidate, or ``"default"`` when none beat the default precision's median."""
+    """Return the fastest int8 candidate, or ``"default"`` when none beat the default precision's median."""
     candidates = {k: v for k, v in medians.items() if k != "default"}
     best = min(candidates, key=candidates.__getitem__)
     return best if candidates[best] < medians["default"] else "default"

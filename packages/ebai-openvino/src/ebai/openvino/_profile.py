@@ -21,7 +21,7 @@ _PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16"
 
 
 def executed_precision(exec_type: str) -> str:
-    """The precision a kernel ran in, from its name's last part (``jit_avx512_amx_I8`` -> ``i8``).
+    """Return the precision a kernel ran in, from its name's last part (``jit_avx512_amx_I8`` -> ``i8``).
 
     Kernels of integer tensors (``I32``, ``I64``, shapes and indices) and unknown names keep their
     lower-cased suffix; ``undef`` when the name has none.

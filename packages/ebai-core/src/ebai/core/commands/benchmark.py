@@ -285,7 +285,7 @@ def measure_artifact(
 
 
 def _profile(row: _Row, x: np.ndarray, calls: int) -> dict[str, Any] | None:
-    """The row's per-layer profile as a dict, or ``None`` when its engine (or the torch row) gives none."""
+    """Return the row's per-layer profile as a dict, or ``None`` when its engine (or the torch row) gives none."""
     method = getattr(row.engine, "profile", None)
     found = method(x, calls) if method is not None else None
     return found.as_dict() if found is not None else None
@@ -431,7 +431,9 @@ def benchmark(
     )
     click.echo(benchmark_table(result))
     if profile:
-        click.echo(f"\nper-layer profile (ms per call, mean of {profile_calls} calls; share of the row's summed layer time):")
+        click.echo(
+            f"\nper-layer profile (ms per call, mean of {profile_calls} calls; share of the row's summed layer time):"
+        )
         click.echo(profiles_table(result))
     for note in notes:
         click.echo(f"note: {note}")
