@@ -217,7 +217,10 @@ def run_network(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     stats = measure_interleaved(
         {k: (lambda e=e: e(x_test)) for k, e in engines.items()}, rounds=args.rounds, repeats=args.repeats, warmup=1
     )
-    profiles = {k: engines[k].profile(x_test, args.profile_calls) for k in ("OpenVINO default", "ebai int8 before", "ebai int8 after")}
+    profiles = {
+        k: engines[k].profile(x_test, args.profile_calls)
+        for k in ("OpenVINO default", "ebai int8 before", "ebai int8 after")
+    }
     for engine in engines.values():
         engine.close()
     default = stats["OpenVINO default"].median_s
@@ -264,25 +267,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result = run_network(name, args, Path(tmp))
             results.append(result)
             print(f"\n{name} per-layer profile (ms per call, median of {args.profile_calls} calls):")
-            print(result["profile"], flush=True)
+            print(result["profile"])
+            for row in result["rows"]:
+                print(f"  {_row_line(name, row)}")
+            print(flush=True)
+            if args.json:  # written after every network, so a long run interrupted keeps what it measured
+                args.json.write_text(json.dumps(_summary(cpu, args, results), indent=2) + "\n", encoding="utf-8")
     head = f"{'network':<16} {'row':<18} {'median ms':>9} {'vs f32':>7} {'vs default':>10} {'Pearson':>8}"
     print("\n" + head + "\n" + "-" * len(head))
     for r in results:
         for row in r["rows"]:
-            print(
-                f"{r['net']:<16} {row['row']:<18} {row['median_ms']:>9.2f} {row['vs_f32']:>6.2f}x "
-                f"{row['vs_default']:>9.2f}x {row['pearson']:>8.4f}"
-            )
+            print(_row_line(r["net"], row))
     print("\ntarget: ebai int8 after >= 1.6x OpenVINO default with Pearson >= 0.99, never below 1.0x")
     for r in results:
         after = next(row for row in r["rows"] if row["row"] == "ebai int8 after")
         verdict = "met" if after["vs_default"] >= 1.6 and after["pearson"] >= GUARD else "NOT met"
         floor = "ok" if after["vs_default"] >= 1.0 else "BELOW 1.0x"
         print(f"  {r['net']:<16} {after['vs_default']:.2f}x, Pearson {after['pearson']:.4f}: {verdict} (floor {floor})")
-    out = {"cpu": {"model": cpu.model, "cores": cpu.cores, "features": list(cpu.features)}, "rounds": args.rounds, "repeats": args.repeats, "networks": results}
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    return out
+    return _summary(cpu, args, results)
+
+
+def _row_line(net: str, row: dict[str, Any]) -> str:
+    return (
+        f"{net:<16} {row['row']:<18} {row['median_ms']:>9.2f} {row['vs_f32']:>6.2f}x "
+        f"{row['vs_default']:>9.2f}x {row['pearson']:>8.4f}"
+    )
+
+
+def _summary(cpu: Any, args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "cpu": {"model": cpu.model, "cores": cpu.cores, "features": list(cpu.features)},
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "networks": results,
+    }
 
 
 if __name__ == "__main__":
