@@ -442,3 +442,15 @@ def test_per_channel_int8_transposed_convolutions_need_tensorrt_10_2(fake_state,
     _set_trt_version(fake_state, "10.2.0")
     with _load(artifact, "int8"):
         pass
+
+
+def test_comparison_rows_are_fp32_with_tf32_off_and_the_default_build(fake_state, artifact):
+    variants = TensorRTBackend().comparison_variants()
+    assert [v.key for v in variants] == ["f32", "default"]
+    cleared = []
+    for variant in variants:
+        with _load(artifact, "fp32", **variant.options) as engine:
+            assert engine.build_info["source"] == "built"
+            cleared.append(fake_state.last_build["cleared"])
+    # TF32 is cleared for the exact-fp32 row only; the default row is what TensorRT builds unasked
+    assert cleared[0] != [] and cleared[1] == []

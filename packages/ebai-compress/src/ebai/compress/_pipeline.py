@@ -3,7 +3,7 @@
 The order is chosen so a failure costs as little as possible and never leaves files behind:
 everything that can be checked cheaply (output path, backends, recipe, data) is checked before
 any training; the guard's verdict on the fp32 network comes before any lowering; and all files are
-written into the temporary folder of an :class:`~ebai.core.ArtifactWriter`, published only when
+written into the temporary folder of an :class:`~ebai.core.artifact.ArtifactWriter`, published only when
 every target has passed.
 """
 
@@ -40,10 +40,14 @@ logger = logging.getLogger("ebai")
 
 #: File name of the fp32 ONNX model inside an artifact.
 REFERENCE = "reference.onnx"
+#: Distributions whose versions the manifest records when installed. ebai-adapters and ebai-tasks are
+#: not dependencies of this package, but the model source usually comes from one of them, and its
+#: version says which adapter code prepared the data the guard measured.
 _VERSIONED = (
     "ebai-core",
     "ebai-compress",
     "ebai-adapters",
+    "ebai-tasks",
     "torch",
     "torch-pruning",
     "onnx",

@@ -100,9 +100,9 @@ class SemanticTask(Task):
 
     def score(self, prediction: np.ndarray, target: np.ndarray) -> float:
         """Dice of spheres and of lacunae against the ground truth, averaged."""
-        from ebai.core.metrics import dice
+        from ebai.core.metrics import class_dice
 
-        return float(np.mean([dice(prediction == k, target == k) for k in range(1, len(CLASSES))]))
+        return float(np.mean(class_dice(prediction, target, len(CLASSES))))
 
     def training_target(self, target: np.ndarray) -> np.ndarray:
         """Return the label image as one float channel (class index), for cross-entropy."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from ebai.core.artifact import sha256_file
 from ebai.core.errors import ArtifactError, BackendUnavailableError, InputError
-from ebai.core.interfaces import Backend, Lowering, Metric
+from ebai.core.interfaces import Backend, ComparisonVariant, Lowering, Metric
 from ebai.core.specs import InputSpec
 from ebai.tensorrt._build import (
     BUILD_OPTIONS,
@@ -79,6 +79,24 @@ class TensorRTBackend(Backend):
 
         avail = spec.is_available()
         return None if avail else avail.reason
+
+    def comparison_variants(self) -> list[ComparisonVariant]:
+        """Return the fp32 engine with TF32 off, and as TensorRT builds fp32 by default (TF32 allowed).
+
+        TensorRT's default fp32 build lets convolutions and matrix products run in TF32 on GPUs that
+        have it (Ampere and later): that is what a user gets from TensorRT without ebai, so every
+        compression is compared with it. The row with TF32 off is the model exactly as trained.
+        """
+        return [
+            ComparisonVariant("f32", "TensorRT, fp32 (TF32 off)", {"tf32": False}, "fp32", "TF32 disabled"),
+            ComparisonVariant(
+                "default",
+                "TensorRT, default precision",
+                {"tf32": True},
+                "",
+                "TensorRT default for fp32 (TF32 where the GPU has it)",
+            ),
+        ]
 
     def variants(self, precision: str) -> list[dict[str, Any]]:
         """int8 calibrations worth comparing (the guard keeps the best); one default otherwise."""
