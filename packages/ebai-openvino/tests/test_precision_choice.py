@@ -43,6 +43,14 @@ def test_pick_never_chooses_a_model_slower_than_the_default() -> None:
     assert pick({"default": 1.0, "all-int8": 1.1, "mixed": 1.0}) == "default"
 
 
+def test_benchmark_says_when_an_int8_target_quantized_nothing() -> None:
+    from ebai.core.commands.benchmark import _precision_label
+
+    assert _precision_label("int8", "bf16", True, 12) == "int8 (other layers bf16)"
+    assert _precision_label("int8", "bf16", True, None) == "int8 (other layers bf16)"
+    assert _precision_label("int8", "bf16", True, 0).startswith("bf16 (int8 target with no layer quantized")
+
+
 def test_executed_precision_reads_the_kernel_name() -> None:
     assert executed_precision("brgconv_avx512_amx_I8") == "i8"
     assert executed_precision("jit_avx512_BF16") == "bf16"
@@ -103,6 +111,7 @@ def test_measured_int8_records_layers_by_precision(monai_measured, monai_unet, h
     assert int8 <= names
     with OpenVINOBackend().load(folder, lowering) as engine:
         assert pearson(engine.infer(held_out_3d), run_torch(monai_unet, held_out_3d)) >= 0.99
+        assert engine.quantized_layers == lowering.record["fake_quantize_ops"]
 
 
 def test_kept_layers_run_at_the_default_precision(monai_measured, spec_3d, calibration_3d, held_out_3d, tmp_path):
@@ -171,5 +180,6 @@ def test_in_memory_engine_profile_matches_its_layers(held_out_3d) -> None:
     model = ov.Model([ops.relu(conv)], [param])
     with OpenVINOEngine(model, inference_precision="f32") as engine:
         found = engine.profile(np.ones((1, 1, 8, 8), np.float32), calls=3)
+        assert engine.quantized_layers == 0
     assert found.calls == 3 and found.seconds("Convolution", "f32") >= 0
     assert {g.precision for g in found.groups} <= {"f32", "undef", "i32", "i64"}

@@ -103,6 +103,9 @@ class OpenVINOEngine(Engine):
         if isinstance(model, (str, Path)):
             model = read_ir(Path(model))
         self._model, self._config, self._device = model, config, device
+        #: FakeQuantize operations in the model: 0 for an int8 target whose measured lowering found
+        #: that no layer ran faster in int8 on the machine that made it (reports say so).
+        self.quantized_layers: int = sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
         try:
             self._compiled = ov.Core().compile_model(model, device, config)
         except Exception as exc:

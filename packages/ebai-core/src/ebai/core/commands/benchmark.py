@@ -69,9 +69,12 @@ def _input_batch(spec: InputSpec, batch: int, image: Path | None, seed: int) -> 
     return np.repeat(crop[None], batch, axis=0).astype(np.float32), f"centre tile of {image.name}"
 
 
-def _precision_label(stored: str, runs: str, default: bool) -> str:
+def _precision_label(stored: str, runs: str, default: bool, quantized: int | None = None) -> str:
+    """Name what a row computes in; ``quantized`` is the engine's count of quantized layers where it knows it."""
     if not runs:
         return stored
+    if stored == "int8" and quantized == 0:
+        return f"{runs} (int8 target with no layer quantized: int8 was not faster where it was made)"
     if stored == "int8":
         return f"int8 (other layers {runs})"
     how = "backend default" if default else "forced"
@@ -110,7 +113,12 @@ def _rows(
             rows.append(
                 _Row(
                     target.key,
-                    _precision_label(target.precision, runs, "inference_precision" not in opts),
+                    _precision_label(
+                        target.precision,
+                        runs,
+                        "inference_precision" not in opts,
+                        getattr(engine, "quantized_layers", None),
+                    ),
                     _bind(engine, x),
                     engine,
                 )
