@@ -59,7 +59,13 @@ class ModelSource(Protocol):
         ...
 
     def postprocess(self, output: np.ndarray) -> np.ndarray:
-        """Turn one model output ``(C, *spatial)`` into the user's result (image, masks, ...)."""
+        """Turn one model output ``(C, *spatial)`` into the user's result (image, masks, ...).
+
+        An adapter whose post-processing maps each voxel's channel values on their own
+        (threshold, argmax) may say so with a class attribute ``pointwise_postprocess = True``:
+        ``ebai run`` then applies it block by block to images larger than memory, which it
+        otherwise refuses (see :func:`ebai.core.commands._run_large.block_postprocess`).
+        """
         ...
 
     def evaluate(self, prediction: np.ndarray, target: np.ndarray) -> Mapping[str, float]:
