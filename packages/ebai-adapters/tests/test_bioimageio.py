@@ -347,7 +347,10 @@ def test_state_dict_package_is_pruned_quantized_exported_with_benchmark(packages
     assert "the ONNX weights take any input size the axes allow (checked in ONNX Runtime at 16x16, 80x80" in doc
     bench = doc.split("## Benchmark")[1]
     assert "precision" in bench and "J/image" in bench and "pytorch eager (original model)" in bench
-    assert "openvino:int8" in bench and "int8 (other layers" in bench
+    # the int8 lowering keeps a layer in int8 only where that is faster here: a tiny net may keep none
+    assert "openvino:int8" in bench and (
+        "int8 (other layers" in bench or "int8 target with no layer quantized" in bench
+    )
     # exporting again without --overwrite is refused
     again = CliRunner().invoke(cli, ["export", str(tmp_path / "m.ebai"), "--bioimageio", "-o", str(zip_path)])
     assert again.exit_code != 0 and "exists" in again.output

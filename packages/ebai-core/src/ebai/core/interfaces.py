@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ebai.core.profiling import LayerProfile
 from ebai.core.specs import InputSpec, OutputSpec
 
 __all__ = [
@@ -117,6 +118,15 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, engines without resources need nothing
         """Release native resources; the engine cannot be used afterwards."""
+
+    def profile(self, batch: np.ndarray, calls: int = 5) -> LayerProfile | None:
+        """Time per layer over ``calls`` runs of ``batch``, grouped by layer type and executed precision.
+
+        ``ebai benchmark --profile`` prints it. The default is ``None``: this backend counts no
+        per-layer time. Backends that can (OpenVINO's ``PERF_COUNT``) override it; profiling may
+        compile a second copy of the model, so it is not meant for timing the engine itself.
+        """
+        return None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run :meth:`infer`, so an engine can be passed wherever a plain callable is expected."""
