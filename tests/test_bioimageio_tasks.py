@@ -2,9 +2,14 @@
 
 import (``ebai compress --bioimageio``) -> ``--prune l1:0.5 --int8`` -> ``ebai export --bioimageio`` ->
 bioimageio.core's ``test_model`` passes on the exported package, and bioimageio.core's ``predict``
-with it on the task's held-out synthetic set scores, by the task's metric against the original
-package's prediction, at least the task's guard limit for a pruned and quantized network.
-Small tiles and the fewest distillation steps each task needs keep it to a few minutes.
+with it on the task's held-out synthetic set, at a size other than the test tensor's (the exported
+space axes are ``min + n*step``), scores, by the task's metric against the original package's
+prediction, at least the task's guard limit for a pruned and quantized network.
+
+What a round trip costs is mostly distillation (steps x tile volume: label-free needs its 400
+steps, nuclei and semantic 150) plus fixed costs (two ONNX exports, the OpenVINO lowerings, the
+packages' own ``predict`` calls). CI runs small tiles (``PLANS["small"]``) with the steps each task
+needs; the ``heavy`` variant runs tiles 3-9x larger (label-free: see :data:`HEAVY_IN_CI`).
 """
 
 from __future__ import annotations
@@ -37,13 +42,31 @@ def build(task):
     return get_task(task).build_model()
 '''
 
-#: Small tiles (a valid size of each package: min = step = the network's divisor) and distillation steps.
+#: Per task: tile (a valid size of each package: min = step = the network's divisor), distillation steps
+#: (``None``: the fewest the task needs, :attr:`ebai.tasks.Task.min_distill_steps`), the user's images
+#: (each twice the tile) and the held-out images. ``small`` is what CI runs; ``large`` (marked heavy) the
+#: same round trip on tiles 3-9x larger.
 PLANS = {
-    "denoising": {"tile": (16, 48, 48), "steps": 40},
-    "nuclei": {"tile": (64, 64), "steps": None},
-    "labelfree": {"tile": (16, 48, 48), "steps": None},
-    "semantic": {"tile": (16, 48, 48), "steps": None},
+    "small": {
+        "denoising": {"tile": (16, 32, 32), "steps": 40, "images": 4, "held_out": 2},
+        "nuclei": {"tile": (32, 32), "steps": None, "images": 4, "held_out": 2},
+        "labelfree": {"tile": (16, 32, 32), "steps": None, "images": 4, "held_out": 2},
+        "semantic": {"tile": (16, 32, 32), "steps": None, "images": 4, "held_out": 2},
+    },
+    "large": {
+        "denoising": {"tile": (16, 48, 48), "steps": 40, "images": 4, "held_out": 2},
+        "nuclei": {"tile": (64, 64), "steps": None, "images": 4, "held_out": 2},
+        "labelfree": {"tile": (32, 64, 64), "steps": None, "images": 4, "held_out": 2},
+        "semantic": {"tile": (16, 48, 48), "steps": None, "images": 4, "held_out": 2},
+    },
 }
+#: Left out of CI: pruned 50%, the label-free network loses its function (Pearson -0.19 to the original
+#: before distillation, 0.00 after re-estimating its batch-norm statistics), so distillation is close to
+#: retraining and needs its 400 steps at any tile: at 16x32x32 it reached Pearson 0.70-0.76 after 40-80
+#: steps, and the round trip's guard measured 0.70 after its 400-step budget, below its 0.9 (lr 3e-4 to
+#: 1e-2, constant or cosine with warm-up, per-tensor relative rates: none faster; rates above 1e-3 silence
+#: its ReLUs). Run with -m heavy.
+HEAVY_IN_CI = {"labelfree"}
 
 
 def _preprocessing(task, spatial: str) -> list:
@@ -104,10 +127,7 @@ def _predict(package, images: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.heavy
-@pytest.mark.parametrize("name", sorted(PLANS))
-def test_task_package_round_trip(name, tmp_path):
+def _round_trip(name: str, plan: dict, tmp_path: Path) -> None:
     from bioimageio.core import test_model
     from bioimageio.spec import load_model_description
     from click.testing import CliRunner
@@ -116,55 +136,42 @@ def test_task_package_round_trip(name, tmp_path):
 
     task = tasks.get_task(name)
     task.check_available()
-    plan = PLANS[name]
     tile = plan["tile"]
     steps = plan["steps"] or task.min_distill_steps
     package = _write_package(task, tmp_path / "package", tile)
 
     data = tmp_path / "data"
     data.mkdir()
-    images, _ = task.make_samples(4, tasks.CALIBRATION_SEED, shape=[2 * t for t in tile])
+    images, _ = task.make_samples(plan["images"], tasks.CALIBRATION_SEED, shape=[2 * t for t in tile])
     for i, image in enumerate(images):
         np.save(data / f"image{i}.npy", image)
+    # the guard decides by Pearson to the original's raw output: at the task's own limit where the task
+    # metric is Pearson; for the segmentation tasks the task metric is checked below, on the exported package
+    limit = task.guard_threshold(pruned=True)
+    guard = limit if task.guard_metric == "pearson" else 0.8
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("calibration: {samples: 8}\nfidelity: {held_out: 1, tiles: 4, threshold: 0.8}\n")
+    recipe.write_text(f"calibration: {{samples: 8}}\nfidelity: {{held_out: 1, tiles: 4, threshold: {guard}}}\n")
     runner = CliRunner()
-    compressed = runner.invoke(
-        cli,
-        [
-            "compress",
-            "--bioimageio",
-            str(package),
-            "--data",
-            str(data),
-            "--tile",
-            ",".join(map(str, tile)),
-            "--prune",
-            "l1:0.5",
-            "--int8",
-            "--steps",
-            str(steps),
-            "--recipe",
-            str(recipe),
-            "-o",
-            str(tmp_path / f"{name}.ebai"),
-        ],
-    )
+    artifact = tmp_path / f"{name}.ebai"
+    args = ["--bioimageio", str(package), "--data", str(data), "--tile", ",".join(map(str, tile))]
+    args += ["--prune", "l1:0.5", "--int8", "--steps", str(steps), "--recipe", str(recipe), "-o", str(artifact)]
+    compressed = runner.invoke(cli, ["compress", *args])
     assert compressed.exit_code == 0, compressed.output
     exported = tmp_path / f"{name}-ebai.zip"
-    result = runner.invoke(
-        cli, ["export", str(tmp_path / f"{name}.ebai"), "--bioimageio", "--no-benchmark", "-o", str(exported)]
-    )
+    result = runner.invoke(cli, ["export", str(artifact), "--bioimageio", "--no-benchmark", "-o", str(exported)])
     assert result.exit_code == 0, result.output
 
     summary = test_model(exported)
     assert summary.status == "passed", [e.msg for d in summary.details for e in d.errors]
 
-    # the held-out synthetic set, one tile per image (the exported ONNX has static spatial sizes)
-    inputs, truth = task.make_samples(2, tasks.TEST_SEED, shape=tile)
+    # the held-out synthetic set, at a size other than the test tensor's (the exported package's
+    # space axes are min + n*step, as the original's): twice the tile plus one divisor, so that even
+    # two images hold enough nuclei for AP50 to mean something
+    shape = [2 * t + task.divisor for t in tile]
+    inputs, truth = task.make_samples(plan["held_out"], tasks.TEST_SEED, shape=shape)
     original = _predict(load_model_description(package), inputs)
     compressed_out = _predict(load_model_description(exported), inputs)
-    limit = task.guard_threshold(pruned=True)
+    assert compressed_out[0].shape[-len(shape) :] == tuple(shape)
     vs_original = [
         task.score(task.postprocess(c), task.postprocess(o)) for c, o in zip(compressed_out, original, strict=True)
     ]
@@ -173,3 +180,20 @@ def test_task_package_round_trip(name, tmp_path):
     print(
         f"{name}: {task.metric} vs original {np.mean(vs_original):.4f} (limit {limit}), vs truth {np.mean(vs_truth):.4f}"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.heavy] if n in HEAVY_IN_CI else []) for n in sorted(PLANS["small"])]
+)
+def test_task_package_round_trip(name, tmp_path):
+    """Small tiles, few held-out images: what CI runs."""
+    _round_trip(name, PLANS["small"][name], tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", sorted(PLANS["large"]))
+def test_task_package_round_trip_large(name, tmp_path):
+    """The same round trip on larger tiles (minutes per task)."""
+    _round_trip(name, PLANS["large"][name], tmp_path)

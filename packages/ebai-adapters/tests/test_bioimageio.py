@@ -210,9 +210,21 @@ def _compress(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def _export_with_qdq_and_test(artifact: Path, images: Path, zip_path: Path) -> Path:
+    """``ebai export --bioimageio --data images/`` (int8 QDQ calibrated on them), then bioimageio.core's ``test_model``."""
+    from bioimageio.core import test_model
+
+    export = ["export", str(artifact), "--bioimageio", "--no-benchmark", "--data", str(images), "-o", str(zip_path)]
+    result = CliRunner().invoke(cli, export)
+    assert result.exit_code == 0, result.output
+    summary = test_model(zip_path)
+    assert summary.status == "passed", [e.msg for d in summary.details for e in d.errors]
+    return zip_path
+
+
 @pytest.mark.parametrize("which", ["torchscript", "onnx"])
 def test_fixed_graph_packages_are_quantized_and_exported_and_refuse_pruning(packages, images, tmp_path, which):
-    from bioimageio.core import test_model
+    import zipfile
 
     package = str(packages[which])
     common = ["--bioimageio", package, "--data", str(images), "--tile", "64,64", "--int8"]
@@ -234,20 +246,55 @@ def test_fixed_graph_packages_are_quantized_and_exported_and_refuse_pruning(pack
     assert target["precision"] == "int8" and target["fidelity"]["passed"]
     assert target["calibration"]["held_out_tiles"] == 3  # 2 from the user's held-out image + the package's test input
 
-    zip_path = tmp_path / "exported.zip"
-    result = CliRunner().invoke(
-        cli, ["export", str(tmp_path / "m.ebai"), "--bioimageio", "--no-benchmark", "-o", str(zip_path)]
-    )
-    assert result.exit_code == 0, result.output
-    summary = test_model(zip_path)
-    assert summary.status == "passed", [e.msg for d in summary.details for e in d.errors]
+    zip_path = _export_with_qdq_and_test(tmp_path / "m.ebai", images, tmp_path / "exported.zip")
+    # int8 is far outside the stated 1e-3 tolerance: the QDQ network is calibrated but left out, and the page says why
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert "ebai_int8_qdq.onnx" not in names
+    doc = zipfile.ZipFile(zip_path).read("README.md").decode()
+    assert "the int8 QDQ network (ONNX Runtime's quantizer, calibrated on 16 tiles" in doc and "is not included" in doc
+
+
+def test_int8_qdq_network_is_attached_where_onnx_runtime_runs_it_within_the_stated_tolerance(images, tmp_path):
+    import zipfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from ebai.core.metrics import pearson
+
+    # a package stating the largest tolerance bioimage.io accepts (1% relative + 1% of the test output's
+    # maximum, 0.5% of elements beyond it), which int8 meets on this network; at the default (1e-3) it
+    # does not (test above)
+    package = bp.tiny_package(tmp_path, "onnx", zip_it=True, tolerance="largest")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("calibration: {samples: 4}\nfidelity: {held_out: 1, tiles: 2, threshold: 0.95}\n")
+    args = ["--bioimageio", str(package), "--data", str(images), "--tile", "64,64", "--int8", "--prune", "none"]
+    code, out = _compress(*args, "--recipe", str(recipe), "-o", str(tmp_path / "m.ebai"))
+    assert code == 0, out
+    zip_path = _export_with_qdq_and_test(tmp_path / "m.ebai", images, tmp_path / "exported.zip")
+    with zipfile.ZipFile(zip_path) as z:
+        assert "attachment `ebai_int8_qdq.onnx`: the int8 QDQ network" in z.read("README.md").decode()
+        z.extract("ebai_int8_qdq.onnx", tmp_path)
+        z.extract("weights.onnx", tmp_path)
+        x = np.load(z.open("test_input.npy"))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "ebai_int8_qdq.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    norm = ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)  # the package's zero-mean unit-variance
+    sessions = [
+        ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+        for f in ("ebai_int8_qdq.onnx", "weights.onnx")
+    ]
+    outs = [s.run(None, {s.get_inputs()[0].name: norm})[0] for s in sessions]
+    assert pearson(outs[0], outs[1]) >= 0.99
 
 
 def test_state_dict_package_is_pruned_quantized_exported_with_benchmark(packages, images, tmp_path):
     import zipfile
 
-    from bioimageio.core import test_model
+    from bioimageio.core import predict, test_model
     from bioimageio.spec import load_model_description
+
+    from ebai.core.metrics import pearson
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("calibration: {samples: 4}\nfidelity: {held_out: 1, tiles: 2, threshold: 0.9}\n")
@@ -281,15 +328,29 @@ def test_state_dict_package_is_pruned_quantized_exported_with_benchmark(packages
     assert summary.status == "passed", [e.msg for d in summary.details for e in d.errors]
     descr = load_model_description(zip_path)
     assert str(descr.parent.id) == "ebai-test-model"
+    # the ONNX weights take any size the original allowed (min 16 + n*16), not only the tile
+    space = [a.size for a in descr.inputs[0].axes if a.type == "space"]
+    assert [(s.min, s.step) for s in space] == [(16, 16), (16, 16)]
+    x = bp.smooth((48, 80), 21)[np.newaxis, np.newaxis]
+    ours, theirs = (
+        next(iter(predict(model=d, inputs=x).members.values())).data.values
+        for d in (descr, load_model_description(packages["state_zip"]))
+    )
+    assert ours.shape == theirs.shape == (1, 1, 48, 80)
+    assert pearson(ours, theirs) >= 0.9  # the guard's threshold in the recipe above
     assert [a.name for a in descr.authors] == ["ebai tests"] and str(descr.license) == "MIT"
     assert descr.weights.onnx is not None and descr.weights.pytorch_state_dict is None
     names = zipfile.ZipFile(zip_path).namelist()
     assert "ebai_openvino_int8.xml" in names and "ebai_openvino_int8.bin" in names
     doc = zipfile.ZipFile(zip_path).read("README.md").decode()
     assert "## Validation" in doc and "## Benchmark" in doc and "## Recipe" in doc
+    assert "the ONNX weights take any input size the axes allow (checked in ONNX Runtime at 16x16, 80x80" in doc
     bench = doc.split("## Benchmark")[1]
     assert "precision" in bench and "J/image" in bench and "pytorch eager (original model)" in bench
-    assert "openvino:int8" in bench and "int8 (other layers" in bench
+    # the int8 lowering keeps a layer in int8 only where that is faster here: a tiny net may keep none
+    assert "openvino:int8" in bench and (
+        "int8 (other layers" in bench or "int8 target with no layer quantized" in bench
+    )
     # exporting again without --overwrite is refused
     again = CliRunner().invoke(cli, ["export", str(tmp_path / "m.ebai"), "--bioimageio", "-o", str(zip_path)])
     assert again.exit_code != 0 and "exists" in again.output

@@ -74,9 +74,27 @@ def test_blocks_fit_the_memory_budget_with_fewest_tiles() -> None:
 
     block = choose_block(grid, channels=2, budget_bytes=768 << 20)
     tiles, largest = cost(block)
-    assert largest * 8 * 2 <= 768 << 20
+    assert largest * 5 * 2 <= 768 << 20
     assert tiles < cost((64, 256, 256))[0]  # smaller cubes also fit, and run more tiles twice
     assert choose_block(tile_grid((40, 64), (32, 32), overlap=0.25), 2, 1 << 30) == (40, 64)
+
+
+def test_chosen_block_runs_the_fewest_tiles_of_every_shape_that_fits() -> None:
+    # every block shape is tried: lengths whose borders fall where one tile covers the image
+    # repeat fewer tiles than the equal splits, and the chooser must find them
+    grid = tile_grid((70, 52), (16, 16), overlap=0.25)
+
+    def cost(shape: tuple[int, ...]) -> tuple[int, int]:
+        blocks = plan_blocks(grid, shape)
+        tiles = sum(int(np.prod([i1 - i0 + 1 for i0, i1 in b.tiles])) for b in blocks)
+        largest = max(int(np.prod([r.stop - r.start for r in block_region(grid, b)[0]])) for b in blocks)
+        return tiles, largest
+
+    costs = [cost((a, b)) for a in range(1, 71) for b in range(1, 53)]
+    for budget_voxels in (800, 1500, 2500):
+        tiles, largest = cost(choose_block(grid, channels=2, budget_bytes=budget_voxels * 5 * 2))
+        assert largest <= budget_voxels
+        assert tiles == min(t for t, region in costs if region <= budget_voxels)
 
 
 @pytest.mark.parametrize("kind", ["percentile", "minmax", "zscore", "none"])

@@ -51,7 +51,9 @@ def _conv_onnx(path: Path, ndim: int, channels: int, seed: int) -> Path:
     return path
 
 
-def _artifact(root: Path, name: str, ndim: int, channels: int, tile: tuple[int, ...]) -> Path:
+def _artifact(
+    root: Path, name: str, ndim: int, channels: int, tile: tuple[int, ...], source: dict[str, Any] | None = None
+) -> Path:
     from ebai.core.artifact import ArtifactWriter
     from ebai.core.manifest import Manifest, TargetRecord
     from ebai.core.specs import InputSpec, Normalization, OutputSpec
@@ -74,6 +76,7 @@ def _artifact(root: Path, name: str, ndim: int, channels: int, tile: tuple[int, 
                 output=OutputSpec(spec.axes, channels),
                 targets=(TargetRecord.from_lowering(lowering, "openvino-fp32"),),
                 reference="reference.onnx",
+                source=source or {},
             )
         )
     return path
@@ -287,15 +290,16 @@ def _wait_for_block(proc: subprocess.Popen, count: int) -> list[str]:
 def test_sigkill_half_way_then_rerun_finishes_only_missing_blocks(artifacts, images, references, tmp_path) -> None:
     source = tmp_path / "vol.npy"
     np.save(source, images["3d"])
+    # many small blocks, so the kill lands while most are still to run even on a loaded machine
     args = ["run", str(artifacts["3d"]), str(source), "-o", str(tmp_path / "out"), "--chunked", "--workers", "2",
-            "--block", "16,24,32", "-O", "inference_precision=f32"]  # fmt: skip
+            "--block", "8,16,16", "-O", "inference_precision=f32"]  # fmt: skip
     proc = _start(args)
     _wait_for_block(proc, 8)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     out = tmp_path / "out" / "vol.ome.zarr"
     done = len(list((out / ".ebai-blocks").iterdir()))
-    total = 3 * 3 * 3
+    total = 5 * 5 * 5
     assert 8 <= done < total
     rerun = invoke(*args)
     assert f"already written, running the other {total - done}" in rerun.output
@@ -381,3 +385,89 @@ def test_without_the_extra_the_pip_line_is_given(monkeypatch, tmp_path, images, 
     assert result.exit_code == 1
     assert "pip install 'ebai-core[large]'" in result.output
     assert "is a Zarr image" in result.output
+
+
+def test_nan_policy_on_blocks_as_in_memory(artifacts, images, cluster, tmp_path) -> None:
+    image = images["3d"].astype(np.float32)
+    image[5, 10, 10] = np.nan
+    image[30, 60, 70] = np.inf
+    source = tmp_path / "vol.npy"
+    np.save(source, image)
+    chunked = ["run", str(artifacts["3d"]), str(source), "--scheduler", cluster.scheduler_address,
+               "--block", "24,40,40", "-O", "inference_precision=f32"]  # fmt: skip
+    # the default refuses the image in one line naming it and the fix, before any block runs
+    refused = CliRunner().invoke(cli, [*chunked, "-o", str(tmp_path / "refused")])
+    assert refused.exit_code == 1
+    assert str(source) in refused.output and "2 NaN/Inf value(s)" in refused.output
+    assert "--nan-policy zero" in refused.output and len(refused.output.strip().splitlines()) == 1
+    assert not (tmp_path / "refused" / "vol.ome.zarr").exists()  # nothing to resume: a rerun starts afresh
+    # zero: the same result as the in-memory path with the same policy, and the count said once
+    invoke("run", artifacts["3d"], source, "-o", tmp_path / "ref", "--nan-policy", "zero",
+           "-O", "inference_precision=f32")  # fmt: skip
+    import tifffile
+
+    reference = tifffile.imread(tmp_path / "ref" / "vol.tif")
+    zeroed = invoke(*chunked, "-o", tmp_path / "out", "--nan-policy", "zero")
+    assert "2 NaN/Inf value(s) set to 0" in zeroed.output
+    _close(_read_output(tmp_path / "out" / "vol.ome.zarr"), reference)
+
+
+def test_voxelwise_postprocess_runs_on_blocks(images, references, cluster, tmp_path) -> None:
+    pytest.importorskip("ebai.adapters")
+    pytest.importorskip("monai")
+    # the 2D two-channel convolution of the other tests, recorded as a MONAI segmentation network:
+    # its post-processing (argmax over the channels) is voxel-wise, so every block is finished by it
+    config = {"network": "UNet", "args": {"spatial_dims": 2, "in_channels": 2, "out_channels": 2,
+              "channels": [4, 8], "strides": [2]}, "tile": [32, 32], "task": "segmentation"}  # fmt: skip
+    artifact = _artifact(tmp_path, "seg2d", 2, 2, (32, 32), source={"adapter": "monai", "config": config})
+    source = tmp_path / "img.npy"
+    np.save(source, images["2d"])
+    result = invoke("run", artifact, source, "-o", tmp_path / "out", "--scheduler", cluster.scheduler_address,
+                    "--block", "48,48", "-O", "inference_precision=f32")  # fmt: skip
+    assert "voxel-wise post-processing" in result.output
+    labels = _read_output(tmp_path / "out" / "img.ome.zarr")
+    assert labels.dtype == np.uint16 and labels.shape == (1, *images["2d"].shape[1:])
+    ref = references["2d"]
+    clear = np.abs(ref[0] - ref[1]) > 1e-4 * np.ptp(ref)  # ties may flip with float32 rounding
+    assert clear.mean() > 0.99
+    assert np.array_equal(labels[0][clear], np.argmax(ref, axis=0)[clear])
+
+
+def test_whole_image_postprocess_is_refused_on_blocks(artifacts, images, references, cluster, tmp_path) -> None:
+    pytest.importorskip("ebai.tasks")
+    # the nuclei task's post-processing (cellpose's masks from flows) needs the whole image
+    artifact = _artifact(
+        tmp_path, "nuclei3d", 3, 1, (16, 32, 32), source={"adapter": "task", "config": {"task": "nuclei"}}
+    )
+    source = tmp_path / "vol.npy"
+    np.save(source, images["3d"])
+    args = ["run", str(artifact), str(source), "-o", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
+            "--block", "24,40,40", "-O", "inference_precision=f32"]  # fmt: skip
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 1
+    assert "post-processes whole images" in refused.output and "--raw" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    # --raw writes the model output block by block, as without an adapter
+    invoke(*args, "--raw")
+    _close(_read_output(tmp_path / "out" / "vol.ome.zarr"), references["3d"])
+
+
+def test_statistics_pass_stops_when_the_run_ends(images, tmp_path) -> None:
+    from threading import Event
+
+    from ebai.core.commands._run_large import _statistics
+    from ebai.core.largeio import SampleView, open_image
+    from ebai.core.specs import InputSpec, Normalization
+
+    path = tmp_path / "vol.npy"
+    np.save(path, images["3d"])
+    spec = InputSpec("bczyx", 1, (16, 32, 32), normalization=Normalization("zscore"))
+    view = SampleView(open_image(path, 0), spec)
+    stop = Event()
+    lo, hi, zeroed = _statistics(view, spec, "error", path, stop)
+    data = images["3d"].astype(np.float64)
+    assert np.isclose(lo[0], data.mean(), rtol=1e-6) and np.isclose(hi[0] - lo[0], data.std(), rtol=1e-5)
+    assert zeroed == 0
+    stop.set()  # what run_large does when the run fails or ends while the pass is still reading
+    with pytest.raises(InputError, match="stopped before the whole-image statistics"):
+        _statistics(view, spec, "error", path, stop)

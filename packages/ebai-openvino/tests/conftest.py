@@ -92,9 +92,13 @@ def plain_artifact(
     calibration_3d: list[np.ndarray],
     onnx_file: Any,
 ) -> Path:
-    """Artifact of the plain U-Net with openvino:fp32 and openvino:int8 targets."""
+    """Artifact of the plain U-Net with openvino:fp32 and openvino:int8 targets (every layer int8)."""
     onnx_path = onnx_file(plain_unet, "plain", calibration_3d[0])
     path = tmp_path_factory.mktemp("artifacts") / "plain.ebai"
     return _nets().build_artifact(
-        path, onnx_path, spec_3d, [("fp32", {}), ("int8", {"preset": "mixed"})], calibration_3d
+        path,
+        onnx_path,
+        spec_3d,
+        [("fp32", {}), ("int8", {"preset": "mixed", "layer_precision": "int8"})],
+        calibration_3d,
     )

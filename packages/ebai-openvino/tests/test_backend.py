@@ -33,13 +33,18 @@ def test_int8_variants_offer_both_presets(backend: OpenVINOBackend) -> None:
 
 @pytest.fixture(scope="module")
 def monai_int8(backend, monai_unet, spec_3d, calibration_3d, onnx_file, tmp_path_factory) -> dict:
-    """The small MONAI UNet lowered to int8 with each NNCF preset (once per module)."""
+    """The small MONAI UNet lowered to int8 with each NNCF preset, every layer in int8 (once per module)."""
     onnx_path = onnx_file(monai_unet, "monai", calibration_3d[0])
     out = {}
     for variant in backend.variants("int8"):
         folder = tmp_path_factory.mktemp(f"monai-{variant['preset']}")
         lowering = backend.lower(
-            onnx_path, folder, precision="int8", input_spec=spec_3d, calibration=calibration_3d, options=variant
+            onnx_path,
+            folder,
+            precision="int8",
+            input_spec=spec_3d,
+            calibration=calibration_3d,
+            options={**variant, "layer_precision": "int8"},
         )
         out[variant["preset"]] = (folder, lowering)
     return out
@@ -60,7 +65,7 @@ def test_int8_monai_unet_keeps_pearson(backend, monai_unet, monai_int8, held_out
 
 
 def test_int8_runs_every_convolution_in_int8(monai_int8) -> None:
-    """The transposed convolutions are rewritten, so none is left to run in f32 (the point of the rewrite)."""
+    """With every layer in int8, the transposed convolutions are rewritten, so none is left to run in f32."""
     import openvino as ov
 
     folder, lowering = monai_int8["mixed"]

@@ -272,3 +272,25 @@ def test_benchmark_without_codecarbon_says_energy_is_not_measured(plain_artifact
     assert result.output.count("pip install 'ebai-core[energy]'") == 1  # one clear line, not one per row
     table = result.output.split("note:")[0]
     assert table.count("not measured") == 4  # the energy cell of each row
+
+
+def test_benchmark_profile_shows_where_each_rows_time_goes(plain_artifact) -> None:
+    args = ("benchmark", plain_artifact, "--repeats", "1", "--warmup", "0", "--no-energy", "--profile")
+    data = json.loads(invoke(*args, "--profile-calls", "2", "--json").stdout)
+    assert data["profile_calls"] == 2 and list(data["profiles"]) == [r["name"] for r in data["rows"]]
+    int8 = data["profiles"]["openvino:int8"]
+    default = data["profiles"]["openvino default (reference.onnx)"]
+    f32 = data["profiles"]["openvino f32 (reference.onnx)"]
+    assert any(g["layer_type"] == "Convolution" and g["precision"] == "i8" for g in int8["groups"])
+    assert {g["precision"] for g in f32["groups"] if g["layer_type"] == "Convolution"} == {"f32"}
+    assert not any(g["precision"] == "i8" for g in default["groups"])
+    for profile in data["profiles"].values():
+        assert profile["total_ms"] == pytest.approx(sum(g["ms"] for g in profile["groups"]))
+        assert all(g["layers"] >= 1 and g["kernels"] for g in profile["groups"])
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.split("per-layer profile")[1].splitlines()
+    head = lines[1]
+    assert head.startswith("layer type") and "openvino:int8 ms (%)" in head and "openvino:fp32 ms (%)" in head
+    assert any(line.startswith("Convolution") and " i8 " in line for line in lines)
+    assert any(line.startswith("total") for line in lines)

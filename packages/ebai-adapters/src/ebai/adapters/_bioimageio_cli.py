@@ -30,6 +30,14 @@ __all__ = ["export"]
     is_flag=True,
     help="Time the original network in PyTorch eager too (runs the package's architecture code).",
 )
+@click.option(
+    "--data",
+    "-d",
+    "data",
+    multiple=True,
+    help="Your images (folder, file or glob; repeatable): calibrate an int8 QDQ ONNX on them and attach it "
+    "where ONNX Runtime runs it within the package's reproducibility tolerance.",
+)
 def export(
     artifact: Path,
     as_bioimageio: bool,
@@ -38,6 +46,7 @@ def export(
     benchmark: bool,
     repeats: int,
     trust_source: bool,
+    data: tuple[str, ...],
 ) -> None:
     """Write ARTIFACT (made by ebai compress --bioimageio) as a bioimage.io model package.
 
@@ -51,6 +60,12 @@ def export(
         msg = "say which format to export to: --bioimageio (the only one so far)"
         raise InputError(msg)
     path = export_bioimageio(
-        artifact, output, overwrite=overwrite, benchmark=benchmark, benchmark_repeats=repeats, trust_source=trust_source
+        artifact,
+        output,
+        overwrite=overwrite,
+        benchmark=benchmark,
+        benchmark_repeats=repeats,
+        trust_source=trust_source,
+        calibration_data=data,
     )
     click.echo(f"bioimage.io package {path}")

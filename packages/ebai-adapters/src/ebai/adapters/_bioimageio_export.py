@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,8 @@ def _staged(src: Any, folder: Path, name: str) -> Path:
 def _axes(original_axes: Any, spatial: str, tile: tuple[int, ...] | None) -> list[Any]:
     """Return the original tensor's axes in ebai's order (batch, channel, z, y, x), which the ONNX network takes.
 
-    With ``tile`` (inputs), the space axes are fixed to it: the exported ONNX has static spatial
-    sizes, only its batch axis is dynamic.
+    With ``tile`` (inputs whose network has static spatial sizes), the space axes are fixed to it;
+    without, they keep the original's sizes (``min + n*step``, or a reference to the input).
     """
     from bioimageio.spec.model import v0_5
 
@@ -53,6 +53,78 @@ def _axes(original_axes: Any, spatial: str, tile: tuple[int, ...] | None) -> lis
     if tile is not None:
         space = [a.model_copy(update={"size": int(t)}) for a, t in zip(space, tile, strict=True)]
     return [v0_5.BatchAxis(), channel, *space]
+
+
+def _valid_sizes(original_axes: Any, spatial: str, tile: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Spatial sizes the package's input axes allow, to try a dynamic network on: the smallest and one step above the tile."""
+    from bioimageio.spec.model import v0_5
+
+    by_id = {str(a.id): a for a in original_axes if a.type == "space"}
+    low, high = [], []
+    for letter, t in zip(spatial, tile, strict=True):
+        size = by_id[letter].size
+        if isinstance(size, v0_5.ParameterizedSize):
+            low.append(int(size.min))
+            high.append(int(t) + int(size.step))
+        else:
+            low.append(int(t))
+            high.append(int(t))
+    return [s for s in dict.fromkeys([tuple(low), tuple(high)]) if s != tuple(tile)]
+
+
+def _dynamic_onnx(
+    source: Path, dest: Path, spatial: str, x: np.ndarray, sizes: list[tuple[int, ...]]
+) -> tuple[bool, str]:
+    """Write ``source`` to ``dest`` with symbolic space axes, where ONNX Runtime shows the network allows it.
+
+    The artifact's ONNX is exported with static space sizes (only the batch is dynamic); a
+    convolutional network usually computes the same for any valid size, but a shape baked into
+    the graph (a Reshape, a Resize to fixed sizes) would not. So the rewritten network must give
+    the static one's output on ``x`` (one preprocessed batch at the tile) and run at every size in
+    ``sizes`` with an output of the input's space size; otherwise ``dest`` is left unwritten.
+
+    Returns
+    -------
+    tuple
+        Whether ``dest`` was written, and what was seen (for the documentation page).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(source))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != 2 + len(spatial):
+            return False, f"its {value.name!r} has {len(dims)} axes, not batch, channel and {', '.join(spatial)}"
+        for dim, letter in zip(dims[2:], spatial, strict=True):
+            dim.ClearField("dim_value")
+            dim.dim_param = letter
+    del model.graph.value_info[:]  # intermediate shapes inferred at the tile's size
+    candidate = dest.with_name(f".{dest.name}.dynamic")
+    onnx.save(model, str(candidate))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        static = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        dynamic = ort.InferenceSession(str(candidate), options, providers=["CPUExecutionProvider"])
+        name = dynamic.get_inputs()[0].name
+        want = static.run(None, {static.get_inputs()[0].name: x})[0]
+        got = dynamic.run(None, {name: x})[0]
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            candidate.unlink()
+            return False, "with symbolic space axes it computes other values at the tile's size"
+        for size in sizes:
+            probe = np.zeros((1, x.shape[1], *size), dtype=np.float32)
+            out = dynamic.run(None, {name: probe})[0]
+            if tuple(out.shape[2:]) != tuple(size):
+                candidate.unlink()
+                return False, f"at input size {size} it gives an output of size {tuple(out.shape[2:])}"
+    except Exception as exc:  # ONNX Runtime refuses the graph or a size: keep the static network
+        candidate.unlink(missing_ok=True)
+        return False, f"ONNX Runtime cannot run it with symbolic space axes ({type(exc).__name__})"
+    os.replace(candidate, dest)
+    tried = ", ".join("x".join(map(str, s)) for s in sizes) or "the tile only"
+    return True, f"checked in ONNX Runtime at {tried} besides the tile"
 
 
 def _onnx_runs_within(path: Path, x: np.ndarray, want: np.ndarray, tol: Mapping[str, Any]) -> tuple[bool, str]:
@@ -70,6 +142,55 @@ def _onnx_runs_within(path: Path, x: np.ndarray, want: np.ndarray, tol: Mapping[
     per_million = 1e6 * float(bad.mean())
     ok = per_million <= tol["mismatched_elements_per_million"]
     return ok, f"{per_million:.0f} mismatched elements per million (allowed {tol['mismatched_elements_per_million']})"
+
+
+def _lower_qdq(reference: Path, scratch: Path, adapter: Any, data: Sequence[str | Path], samples: int) -> Path:
+    """Write an int8 QDQ copy of ``reference`` into ``scratch``, calibrated on tiles of the user's images.
+
+    ebai-tensorrt's int8 lowering with ONNX Runtime's quantizer (symmetric int8, weights per
+    channel, activations per tensor): it writes ONNX only and needs neither TensorRT nor a GPU,
+    so its backend is loaded without the availability check that running an engine needs.
+    """
+    from ebai.core.data import ImageFiles
+    from ebai.core.plugins import BACKENDS, get_plugin
+    from ebai.core.tiling import fit_tile
+
+    spec = adapter.input_spec
+    images = [adapter.preprocess(np.asarray(x)) for x in ImageFiles(list(data), spec)]
+    if not images:
+        msg = "--data holds no images to calibrate the int8 QDQ network on: give a folder of your images"
+        raise InputError(msg)
+    rng = np.random.default_rng(0)
+    calibration = [fit_tile(images[i % len(images)], spec.tile, rng)[np.newaxis] for i in range(samples)]
+    backend = get_plugin(BACKENDS, "tensorrt").load()()
+    lowering = backend.lower(
+        reference,
+        scratch,
+        precision="int8",
+        input_spec=spec,
+        calibration=calibration,
+        options={"quantizer": "onnxruntime", "calibration_method": "minmax"},
+    )
+    return scratch / lowering.entry
+
+
+def _attach_qdq(
+    qdq: Path, label: str, stage: Path, weights: Path, x: np.ndarray, tolerance: Mapping[str, Any], notes: list[str]
+) -> list[Any]:
+    """Return the QDQ network as an attachment where ONNX Runtime runs it within the package's tolerance of the weights."""
+    import onnxruntime as ort
+    from bioimageio.spec.model import v0_5
+
+    fp32 = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
+    want = fp32.run(None, {fp32.get_inputs()[0].name: x})[0]
+    ok, how = _onnx_runs_within(qdq, x, want, tolerance)
+    if not ok:
+        notes.append(f"the int8 QDQ network ({label}) is not included: in ONNX Runtime {how}.")
+        return []
+    dest = stage / "ebai_int8_qdq.onnx"
+    shutil.copyfile(qdq, dest)
+    notes.append(f"attachment `ebai_int8_qdq.onnx`: the int8 QDQ network ({label}); in ONNX Runtime {how}.")
+    return [v0_5.FileDescr(source=dest)]
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -162,6 +283,8 @@ def export_bioimageio(
     benchmark: Mapping[str, Any] | bool = True,
     benchmark_repeats: int = 5,
     trust_source: bool = False,
+    calibration_data: Sequence[str | Path] = (),
+    calibration_samples: int = 16,
 ) -> Path:
     """Write a compressed artifact as a bioimage.io model package (format 0.5, a ``.zip``).
 
@@ -183,6 +306,14 @@ def export_bioimageio(
     trust_source
         Also time the original network in PyTorch eager (the baseline row), building it as the
         artifact records, which runs the package's architecture code: only for packages you trust.
+    calibration_data
+        The user's images (files or folders, as ``ebai compress --data`` takes them): an int8 QDQ
+        ONNX of the compressed network is calibrated on ``calibration_samples`` tiles of them and
+        attached where ONNX Runtime runs it within the package's reproducibility tolerance of the
+        fp32 weights (the spec has one ``onnx`` weights entry, which the fp32 network keeps).
+        Not needed when the artifact already holds a ``tensorrt`` int8 target.
+    calibration_samples
+        Calibration tiles for that QDQ network.
 
     Returns
     -------
@@ -234,15 +365,23 @@ def export_bioimageio(
     with tempfile.TemporaryDirectory(prefix="ebai-bioimageio-") as tmp:
         stage = Path(tmp)
         weights = stage / "weights.onnx"
-        shutil.copyfile(art.file(manifest.reference), weights)
+        reference = art.file(manifest.reference)
         import onnx
 
-        proto = onnx.load(str(weights), load_external_data=False)
+        proto = onnx.load(str(reference), load_external_data=False)
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+        tile = tuple(adapter.input_spec.tile)
         x_raw, _ = adapter.test_tensors()
-        x_raw = fit_tile(x_raw, adapter.input_spec.tile, center=True).astype(x_raw.dtype)
+        x_raw = fit_tile(x_raw, tile, center=True).astype(x_raw.dtype)
         test_in = stage / "test_input.npy"
         np.save(test_in, x_raw[np.newaxis])
+        pre = adapter.preprocess(x_raw)[np.newaxis]
+        dynamic, how = _dynamic_onnx(reference, weights, spatial, pre, _valid_sizes(inp.axes, spatial, tile))
+        if dynamic:
+            notes.append(f"the ONNX weights take any input size the axes allow ({how}).")
+        else:
+            onnx.save(onnx.load(str(reference)), str(weights))
+            notes.append(f"the ONNX weights take the tile {tile} only: {how}.")
 
         attachments = []
         for target in manifest.targets:
@@ -255,19 +394,12 @@ def export_bioimageio(
                         attachments.append(v0_5.FileDescr(source=dest))
             elif target.entry.endswith(".onnx") and target.precision == "int8":
                 qdq = art.file(f"{target.directory}/{target.entry}")
-                pre = adapter.preprocess(x_raw)[np.newaxis]
-                import onnxruntime as ort
-
-                fp32 = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
-                want = fp32.run(None, {fp32.get_inputs()[0].name: pre})[0]
-                ok, how = _onnx_runs_within(qdq, pre, want, tolerance)
-                if ok:
-                    dest = stage / "ebai_int8_qdq.onnx"
-                    shutil.copyfile(qdq, dest)
-                    attachments.append(v0_5.FileDescr(source=dest))
-                    notes.append(f"attachment `ebai_int8_qdq.onnx`: the int8 QDQ network; in ONNX Runtime {how}.")
-                else:
-                    notes.append(f"the int8 QDQ network ({target.key}) is not included: in ONNX Runtime {how}.")
+                attachments += _attach_qdq(qdq, target.key, stage, weights, pre, tolerance, notes)
+        if calibration_data and not (stage / "ebai_int8_qdq.onnx").exists():
+            with tempfile.TemporaryDirectory(dir=stage, prefix=".qdq-") as scratch:
+                qdq = _lower_qdq(reference, Path(scratch), adapter, calibration_data, calibration_samples)
+                label = f"ONNX Runtime's quantizer, calibrated on {calibration_samples} tiles of the given images"
+                attachments += _attach_qdq(qdq, label, stage, weights, pre, tolerance, notes)
 
         covers = [
             v0_5.FileDescr(source=_staged(c, stage, f"cover{i}{Path(str(getattr(c, 'source', c))).suffix}"))
@@ -300,7 +432,7 @@ def export_bioimageio(
         def build(test_output: Path | None) -> Any:
             new_in = inp.model_copy(
                 update={
-                    "axes": _axes(inp.axes, spatial, adapter.input_spec.tile),
+                    "axes": _axes(inp.axes, spatial, None if dynamic else tile),
                     "test_tensor": v0_5.FileDescr(source=test_in),
                     "sample_tensor": None,
                 }

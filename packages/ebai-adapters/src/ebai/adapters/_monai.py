@@ -88,6 +88,9 @@ class MonaiAdapter(Adapter):
 
     name = "monai"
     path_keys = ("weights",)
+    #: Its post-processing (threshold or argmax over each voxel's channels) is voxel-wise: the
+    #: large-image path of ``ebai run`` may apply it block by block.
+    pointwise_postprocess = True
 
     def __init__(
         self,

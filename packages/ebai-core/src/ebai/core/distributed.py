@@ -32,8 +32,10 @@ __all__ = [
     "BlockJob",
     "jobqueue_cluster",
     "open_client",
+    "region_text",
     "run_block",
     "usable_cores",
+    "warm_up",
     "worker_threads",
     "workers_info",
 ]
@@ -171,7 +173,9 @@ class BlockJob:
     """Everything a worker needs to run blocks of one image (sent with every block; small).
 
     ``threads`` maps worker hosts to engine threads; ``lo``/``hi`` are the whole image's
-    normalisation statistics.
+    normalisation statistics; ``nan_policy`` is ``--nan-policy``; ``adapter`` is the manifest's
+    ``source`` when the adapter's voxel-wise post-processing is applied to each block (``None``
+    otherwise), written as ``dtype``.
     """
 
     artifact: str
@@ -183,16 +187,20 @@ class BlockJob:
     level: int
     spec: Any
     grid: Any
-    lo: np.ndarray
-    hi: np.ndarray
+    lo: np.ndarray | None
+    hi: np.ndarray | None
     output: str
     batch_size: int
+    nan_policy: str = "error"
+    adapter: Any = None
+    dtype: str = "float32"
 
 
 _ENGINES: dict[tuple[Any, ...], Any] = {}
 #: Engines compiled by this process, per artifact path (what "once per worker" is checked by).
 LOADS: dict[str, int] = {}
 _VIEWS: dict[tuple[Any, ...], Any] = {}
+_POSTS: dict[str, Any] = {}
 
 
 def check_paths(*paths: str) -> str:
@@ -220,6 +228,16 @@ def _engine(job: BlockJob) -> Any:
     return _ENGINES[key]
 
 
+def warm_up(job: BlockJob) -> str:
+    """Check the artifact and compile its engine in this worker now (run on every worker at start).
+
+    ``ebai run`` calls it while the whole-image statistics are still being read, so the first
+    block does not wait for the compilation; returns the worker's host name.
+    """
+    _engine(job)
+    return socket.gethostname()
+
+
 def _host() -> str:
     try:
         from distributed import get_worker
@@ -239,21 +257,66 @@ def _view(job: BlockJob) -> Any:
     return _VIEWS[key]
 
 
-def run_block(job: BlockJob, block: Any) -> int:
-    """Read, normalise, predict and write one block; returns the voxels written.
+def _postprocess(job: BlockJob) -> Any:
+    """Return the adapter's post-processing, rebuilt once per worker process from the manifest's source."""
+    import json
+
+    key = json.dumps(job.adapter, sort_keys=True, default=str)
+    if key not in _POSTS:
+        from ebai.core.commands._run_setup import load_adapter
+
+        adapter, why = load_adapter(job.adapter)
+        if adapter is None:
+            msg = f"the Dask worker on {socket.gethostname()} cannot post-process blocks: {why}; install it on every worker, or pass --raw"
+            raise InputError(msg)
+        _POSTS[key] = adapter.postprocess
+    return _POSTS[key]
+
+
+def region_text(region: tuple[tuple[int, int], ...] | tuple[slice, ...]) -> str:
+    """``[0:64, 0:512, 0:512]``: a region for messages."""
+    pairs = [(r.start, r.stop) if isinstance(r, slice) else r for r in region]
+    return "[" + ", ".join(f"{a}:{b}" for a, b in pairs) + "]"
+
+
+def run_block(job: BlockJob, block: Any) -> tuple[int, int]:
+    """Read, normalise, predict, post-process and write one block.
 
     Runs in a worker process. The block's chunks are written, then its completion marker, so a
     worker killed half-way leaves the block to be redone, never half-marked.
+
+    Returns
+    -------
+    tuple of int
+        Voxels written, and NaN/Inf values set to 0 inside the block's core (``--nan-policy
+        zero``; the halos overlap, so only the core is counted).
     """
     from ebai.core.blocks import block_region, predict_block
     from ebai.core.largeio import write_block
+    from ebai.core.nan_policy import apply_nan_policy, count_nonfinite
 
     check_paths(job.output)
     view = _view(job)
     engine = _engine(job)
     read, _, _ = block_region(job.grid, block)
-    sample = job.spec.normalization.rescale(view.read(read), job.lo, job.hi)
-    result = predict_block(sample, job.grid, block, engine, batch_size=job.batch_size)
+    raw = view.read(read)
+    zeroed = 0
+    if job.nan_policy == "zero" and count_nonfinite(raw):
+        inner = tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(block.core, read, strict=True))
+        zeroed = count_nonfinite(raw[(slice(None), *inner)])
+    raw, _ = apply_nan_policy(raw, job.nan_policy, f"{job.source!r} at {region_text(read)}")
+    sample = job.spec.normalization.rescale(raw, job.lo, job.hi)
+    del raw
+    core = predict_block(sample, job.grid, block, engine, batch_size=job.batch_size)
+    del sample  # the blend's core is copied out only now, so three region-sized arrays never coexist
+    if job.adapter is not None:
+        result = np.asarray(_postprocess(job)(core))
+        if result.ndim == core.ndim - 1:  # the channel axis reduced away (labels): one channel
+            result = result[np.newaxis]
+        result = np.ascontiguousarray(result, dtype=job.dtype)
+    else:
+        result = np.ascontiguousarray(core)
+    del core  # frees the blend's halo
     index = (slice(None), *(slice(lo, hi) for lo, hi in block.core))
     write_block(Path(job.output), block.name, index, result)
-    return block.voxels
+    return block.voxels, zeroed

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ebai.core.profiling import LayerProfile
 from ebai.core.specs import InputSpec, OutputSpec
 
 __all__ = [
@@ -58,7 +59,13 @@ class ModelSource(Protocol):
         ...
 
     def postprocess(self, output: np.ndarray) -> np.ndarray:
-        """Turn one model output ``(C, *spatial)`` into the user's result (image, masks, ...)."""
+        """Turn one model output ``(C, *spatial)`` into the user's result (image, masks, ...).
+
+        An adapter whose post-processing maps each voxel's channel values on their own
+        (threshold, argmax) may say so with a class attribute ``pointwise_postprocess = True``:
+        ``ebai run`` then applies it block by block to images larger than memory, which it
+        otherwise refuses (see :func:`ebai.core.commands._run_large.block_postprocess`).
+        """
         ...
 
     def evaluate(self, prediction: np.ndarray, target: np.ndarray) -> Mapping[str, float]:
@@ -111,6 +118,15 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, engines without resources need nothing
         """Release native resources; the engine cannot be used afterwards."""
+
+    def profile(self, batch: np.ndarray, calls: int = 5) -> LayerProfile | None:
+        """Time per layer over ``calls`` runs of ``batch``, grouped by layer type and executed precision.
+
+        ``ebai benchmark --profile`` prints it. The default is ``None``: this backend counts no
+        per-layer time. Backends that can (OpenVINO's ``PERF_COUNT``) override it; profiling may
+        compile a second copy of the model, so it is not meant for timing the engine itself.
+        """
+        return None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run :meth:`infer`, so an engine can be passed wherever a plain callable is expected."""

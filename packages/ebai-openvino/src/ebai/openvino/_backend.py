@@ -29,20 +29,44 @@ __all__ = ["LOAD_OPTIONS", "OpenVINOBackend"]
 LOAD_OPTIONS = ("performance_hint", "num_threads", "inference_precision", "num_requests", "device")
 
 
-def _rewrite_mode(value: Any) -> bool | str:
-    """``deconv_to_conv``: ``True`` (every transposed convolution), ``False``, or ``"auto"``."""
+def _rewrite_mode(value: Any) -> bool | str | tuple[str, ...]:
+    """``deconv_to_conv``: ``True`` (every transposed convolution), ``False``, ``"auto"``, or a list of layer names."""
     if isinstance(value, str) and value.lower() == "auto":
         return "auto"
     if isinstance(value, (bool, int)):
         return bool(value)
-    msg = f"deconv_to_conv must be true, false or auto, got {value!r}"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    msg = f"deconv_to_conv must be true, false, auto or a list of layer names, got {value!r}"
     raise InputError(msg)
 
 
-def _rewrite(model: Any, mode: bool | str) -> int:
+def _rewrite(model: Any, mode: bool | str | tuple[str, ...]) -> int:
+    if isinstance(mode, tuple):
+        return rewrite_transposed_convolutions(model, names=mode) if mode else 0
     if not mode:
         return 0
     return rewrite_transposed_convolutions(model, signed_only=mode == "auto")
+
+
+def _recorded(mode: bool | str | tuple[str, ...]) -> bool | str | list[str]:
+    return list(mode) if isinstance(mode, tuple) else mode
+
+
+def _measured_int8(model: Any, samples: list[np.ndarray], opts: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Int8 where it pays on this CPU (:mod:`ebai.openvino._precision_choice`); the model, options and record."""
+    from ebai.openvino import _quantization as q
+    from ebai.openvino._precision_choice import choose
+
+    quantized, choice = choose(
+        model,
+        lambda m, keep: q.quantize(m, samples, opts, keep),
+        lambda m, names: rewrite_transposed_convolutions(m, names=names),
+        samples[0],
+    )
+    used = {"deconv_to_conv": list(choice.rewritten), **opts.as_dict(), "keep_default": list(choice.keep_default)}
+    facts = {"deconvolutions_rewritten": len(choice.rewritten), "precision_choice": choice.record()}
+    return quantized, used, facts
 
 
 class OpenVINOBackend(Backend):
@@ -119,20 +143,31 @@ class OpenVINOBackend(Backend):
         self._check_precision(precision)
         started = time.perf_counter()
         options = dict(options or {})
-        rewrite = _rewrite_mode(options.pop("deconv_to_conv", "auto" if precision == "int8" else False))
+        given = options.pop("deconv_to_conv", None)
         model = convert_onnx(Path(onnx_path), input_spec)
         record: dict[str, Any] = {"versions": package_versions("openvino", "nncf")}
-        used: dict[str, Any] = {"deconv_to_conv": rewrite}
-        record["deconvolutions_rewritten"] = _rewrite(model, rewrite)
         if precision == "int8":
             samples = q.split_samples(calibration)
             opts = q.QuantizeOptions(options, len(samples))
-            model = q.quantize(model, samples, opts)
-            used.update(opts.as_dict())
-            record.update(used, calibration_samples=len(samples), fake_quantize_ops=q.count_fake_quantize(model))
+            measure = opts.layer_precision == "measured" and given is None and "keep_default" not in options
+            if measure:
+                model, used, facts = _measured_int8(model, samples, opts)
+            else:
+                rewrite = _rewrite_mode("auto" if given is None else given)
+                rewritten = _rewrite(model, rewrite)
+                model = q.quantize(model, samples, opts)
+                used = {"deconv_to_conv": _recorded(rewrite), **opts.as_dict()}
+                facts = {"deconvolutions_rewritten": rewritten}
+            record.update(
+                used, **facts, calibration_samples=len(samples), fake_quantize_ops=q.count_fake_quantize(model)
+            )
         elif options:
             msg = f"OpenVINO {precision} takes only the option deconv_to_conv, got {sorted(options)}: remove the others"
             raise InputError(msg)
+        else:
+            rewrite = _rewrite_mode(False if given is None else given)
+            used = {"deconv_to_conv": _recorded(rewrite)}
+            record["deconvolutions_rewritten"] = _rewrite(model, rewrite)
         files = save_ir(model, Path(out_dir), compress_to_fp16=precision == "fp16")
         record.update(
             weights="fp16" if precision == "fp16" else "fp32",
@@ -174,7 +209,12 @@ class OpenVINOBackend(Backend):
         opts = q.QuantizeOptions(options, len(samples))
         model = q.quantize_with_accuracy_control(model, samples, validation, metric, max_drop, opts)
         files = save_ir(model, Path(out_dir), compress_to_fp16=False)
-        used = {"deconv_to_conv": rewrite, **opts.as_dict(), "accuracy_control": True, "max_drop": float(max_drop)}
+        used = {
+            "deconv_to_conv": _recorded(rewrite),
+            **opts.as_dict(),
+            "accuracy_control": True,
+            "max_drop": float(max_drop),
+        }
         record = {
             "versions": package_versions("openvino", "nncf"),
             **used,

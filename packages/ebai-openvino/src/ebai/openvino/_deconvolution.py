@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -125,7 +126,9 @@ def _non_negative(output: Any, seen: dict[int, bool]) -> bool:
     return result
 
 
-def rewrite_transposed_convolutions(model: Any, *, signed_only: bool = False) -> int:
+def rewrite_transposed_convolutions(
+    model: Any, *, signed_only: bool = False, names: Collection[str] | None = None
+) -> int:
     """Replace every suitable ``ConvolutionBackpropData`` of ``model`` in place; return how many.
 
     Suitable: constant weights, no groups, dilation 1, explicit padding, static channel and spatial
@@ -134,7 +137,9 @@ def rewrite_transposed_convolutions(model: Any, *, signed_only: bool = False) ->
     gives their input an unsigned quantizer without zero point, so OpenVINO already runs them in
     int8, and there the rewrite only costs time (its pixel shuffle moves the whole output: 11.2 ms
     against 15.1 ms per 32x128x128 tile for the reference denoiser, MONAI UNet without residual
-    units, on a 2-core AVX-512 VNNI CPU).
+    units, on a 2-core AVX-512 VNNI CPU). With ``names``, only the transposed convolutions of
+    those friendly names are considered (a measured choice names them, see
+    :mod:`ebai.openvino._precision_choice`).
     """
     from openvino import opset13 as ops
 
@@ -142,7 +147,7 @@ def rewrite_transposed_convolutions(model: Any, *, signed_only: bool = False) ->
     seen: dict[int, bool] = {}
     for op in list(model.get_ordered_ops()):
         plan = _plan(op)
-        if plan is None:
+        if plan is None or (names is not None and op.get_friendly_name() not in names):
             continue
         if signed_only and _non_negative(op.input_value(0), seen):
             continue

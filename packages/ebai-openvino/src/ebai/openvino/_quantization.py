@@ -20,6 +20,7 @@ from ebai.core.interfaces import Metric
 from ebai.openvino._deps import require_nncf
 
 __all__ = [
+    "LAYER_PRECISIONS",
     "OVERFLOW_FIXES",
     "PRESETS",
     "QuantizeOptions",
@@ -35,7 +36,11 @@ PRESETS = ("mixed", "performance")
 #: NNCF's overflow (saturation) fix: ``first_layer_only`` is what NNCF advises for CPUs with AVX2 or
 #: AVX-512 without VNNI; VNNI/AMX CPUs do not saturate. An artifact may run on any CPU, so it is the default.
 OVERFLOW_FIXES = ("first_layer_only", "enable", "disable")
-_KNOWN = ("preset", "subset_size", "overflow_fix", "fast_bias_correction")
+#: How layers get their precision: ``measured`` (each quantizable layer stays int8 only where it ran
+#: faster than at the default precision on this machine, see :mod:`ebai.openvino._precision_choice`)
+#: or ``int8`` (every layer NNCF can quantize, as ebai did before).
+LAYER_PRECISIONS = ("measured", "int8")
+_KNOWN = ("preset", "subset_size", "overflow_fix", "fast_bias_correction", "layer_precision", "keep_default")
 
 
 class QuantizeOptions:
@@ -43,7 +48,9 @@ class QuantizeOptions:
 
     Keys: ``preset`` (``"mixed"`` or ``"performance"``, default mixed), ``subset_size`` (calibration
     samples NNCF uses; default every sample given), ``overflow_fix`` (see :data:`OVERFLOW_FIXES`),
-    ``fast_bias_correction`` (default True).
+    ``fast_bias_correction`` (default True), ``layer_precision`` (see :data:`LAYER_PRECISIONS`,
+    default ``measured``), ``keep_default`` (names of layers NNCF must leave unquantized, so they
+    run at the backend's default precision; a measured choice fills it).
     """
 
     def __init__(self, options: Mapping[str, Any] | None, n_samples: int) -> None:
@@ -66,6 +73,15 @@ class QuantizeOptions:
             msg = f"int8 calibration needs at least one sample, got subset_size={subset!r} and {n_samples} samples"
             raise InputError(msg)
         self.fast_bias_correction = bool(options.get("fast_bias_correction", True))
+        self.layer_precision = str(options.get("layer_precision", LAYER_PRECISIONS[0])).lower()
+        if self.layer_precision not in LAYER_PRECISIONS:
+            msg = f"unknown layer_precision {self.layer_precision!r}: use one of {', '.join(LAYER_PRECISIONS)}"
+            raise InputError(msg)
+        keep = options.get("keep_default") or ()
+        if isinstance(keep, str) or not all(isinstance(k, str) for k in keep):
+            msg = f"keep_default must be a list of layer names, got {keep!r}"
+            raise InputError(msg)
+        self.keep_default: tuple[str, ...] = tuple(keep)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the options as recorded in the manifest."""
@@ -74,15 +90,23 @@ class QuantizeOptions:
             "subset_size": self.subset_size,
             "overflow_fix": self.overflow_fix,
             "fast_bias_correction": self.fast_bias_correction,
+            "layer_precision": self.layer_precision,
+            "keep_default": list(self.keep_default),
         }
 
-    def nncf_kwargs(self, nncf: Any) -> dict[str, Any]:
-        """Keyword arguments shared by ``nncf.quantize`` and ``quantize_with_accuracy_control``."""
+    def nncf_kwargs(self, nncf: Any, keep_default: Sequence[str] | None = None) -> dict[str, Any]:
+        """Keyword arguments shared by ``nncf.quantize`` and ``quantize_with_accuracy_control``.
+
+        ``keep_default`` (default: the options' own) becomes NNCF's ignored scope; unknown names are
+        not an error (``validate=False``), since a rewrite may have replaced a layer.
+        """
+        keep = list(self.keep_default if keep_default is None else keep_default)
         return {
             "preset": nncf.QuantizationPreset(self.preset),
             "target_device": nncf.TargetDevice.CPU,
             "subset_size": self.subset_size,
             "fast_bias_correction": self.fast_bias_correction,
+            "ignored_scope": nncf.IgnoredScope(names=keep, validate=False) if keep else None,
         }
 
     def advanced(self) -> Any:
@@ -152,12 +176,20 @@ def count_fake_quantize(model: Any) -> int:
     return sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
 
 
-def quantize(model: Any, samples: Sequence[np.ndarray], opts: QuantizeOptions) -> Any:
-    """Apply ``nncf.quantize`` to an ``openvino.Model``; returns the quantized model."""
+def quantize(
+    model: Any, samples: Sequence[np.ndarray], opts: QuantizeOptions, keep_default: Sequence[str] | None = None
+) -> Any:
+    """Apply ``nncf.quantize`` to an ``openvino.Model``; returns the quantized model.
+
+    ``keep_default`` names layers to leave unquantized (default: ``opts.keep_default``).
+    """
     nncf = require_nncf()
     with _quiet_nncf():
         return nncf.quantize(
-            model, nncf.Dataset(list(samples)), advanced_parameters=opts.advanced(), **opts.nncf_kwargs(nncf)
+            model,
+            nncf.Dataset(list(samples)),
+            advanced_parameters=opts.advanced(),
+            **opts.nncf_kwargs(nncf, keep_default),
         )
 
 

@@ -46,6 +46,11 @@ class TaskAdapter(Adapter):
         """Output layout of the task's network."""
         return self.task.output_spec
 
+    @property
+    def pointwise_postprocess(self) -> bool:
+        """Whether the task's post-processing is voxel-wise (``ebai run`` may then apply it block by block)."""
+        return bool(getattr(self.task, "pointwise_postprocess", False))
+
     def load_module(self) -> Any:
         """Return a fresh copy of the trained network, in eval mode on the CPU."""
         if self.weights is None:

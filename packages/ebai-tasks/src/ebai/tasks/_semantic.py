@@ -48,6 +48,8 @@ class SemanticTask(Task):
     divisor = 8
     normalization = Normalization(kind="percentile", low=1.0, high=99.8)
     shape = (32, 64, 64)
+    #: argmax over each voxel's logits: ``ebai run``'s large-image path may apply it block by block
+    pointwise_postprocess = True
     test_shape = (32, 128, 128)
     test_count = 2
     stream = 4

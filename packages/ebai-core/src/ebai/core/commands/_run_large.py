@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import Any
 
 import click
 
-from ebai.core.errors import InputError, MissingDependencyError
+from ebai.core.errors import EbaiError, InputError, MissingDependencyError
 
-__all__ = ["large_options", "run_large", "split_inputs"]
+__all__ = ["block_postprocess", "large_options", "run_large", "split_inputs"]
 
 logger = logging.getLogger("ebai.large")
 
@@ -176,6 +177,39 @@ def _log_handlers(out_dir: Path) -> list[logging.Handler]:
     return handlers
 
 
+def block_postprocess(adapter: Any, out_channels: int, ndim: int) -> tuple[bool, str, int]:
+    """Decide how the adapter's post-processing applies block by block: ``(apply, dtype, channels)``.
+
+    Post-processing that maps each voxel's channel values on their own (thresholds, argmax; the
+    adapter says so with ``pointwise_postprocess = True``) gives the same result on every block
+    as on the whole image, so each block is finished by it; its output dtype and channels are
+    found on a small probe. One that leaves the output as it is needs nothing. Anything else
+    (cellpose's masks from flows, per-image rescaling) needs the whole image: refused, with the fix.
+    """
+    import numpy as np
+
+    probe = np.random.default_rng(0).standard_normal((out_channels, *(3,) * ndim)).astype(np.float32)
+    name = type(adapter).__name__
+    if getattr(adapter, "pointwise_postprocess", False):
+        result = np.asarray(adapter.postprocess(probe.copy()))
+        if result.ndim not in (ndim, ndim + 1) or result.shape[-ndim:] != probe.shape[1:]:
+            msg = f"{name}.postprocess turned a {probe.shape} output into {result.shape}: a voxel-wise post-processing keeps the spatial shape"
+            raise InputError(msg)
+        return True, str(result.dtype), 1 if result.ndim == ndim else int(result.shape[0])
+    try:
+        same = np.array_equal(np.asarray(adapter.postprocess(probe.copy())), probe)
+    except Exception:  # whatever it raises on a probe, it is not the identity
+        same = False
+    if same:
+        return False, "float32", out_channels
+    msg = (
+        f"the artifact's adapter ({name}) post-processes whole images (e.g. masks from flows), which a "
+        "block-by-block run cannot do: pass --raw to write the model output as OME-Zarr, or run images "
+        "that fit in memory without --chunked, --scheduler or --cluster"
+    )
+    raise InputError(msg)
+
+
 def run_large(
     art: Any,
     record: Any,
@@ -187,6 +221,7 @@ def run_large(
     batch_size: int,
     overlap: float | None,
     raw: bool,
+    nan_policy: str,
     level: int,
     block: str | None,
     block_memory: int,
@@ -201,21 +236,37 @@ def run_large(
     """Predict ``paths`` block by block on Dask and write one OME-Zarr image per input into ``out_dir``.
 
     The whole image's normalisation statistics are computed first (in this process, reading it slab
-    by slab), then every block not yet written is sent to the workers; a rerun resumes.
+    by slab on every core while the cluster starts), then every block not yet written is sent to
+    the workers; a rerun resumes. ``nan_policy`` applies to every region read, as the in-memory
+    path applies it to the whole image; the adapter's post-processing to every block when it is
+    voxel-wise (:func:`block_postprocess`), else the run is refused unless ``raw``.
     """
-    from ebai.core.blocks import choose_block, image_statistics, plan_blocks, tile_grid
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from ebai.core.blocks import choose_block, plan_blocks, tile_grid
     from ebai.core.commands._run_setup import load_adapter
-    from ebai.core.distributed import BlockJob, check_paths, open_client, run_block, worker_threads, workers_info
+    from ebai.core.distributed import (
+        BlockJob,
+        check_paths,
+        open_client,
+        run_block,
+        warm_up,
+        worker_threads,
+        workers_info,
+    )
     from ebai.core.largeio import OutputZarr, SampleView, open_image
 
     spec = art.manifest.input
     out_channels = art.manifest.output.channels
     overlap = spec.overlap if overlap is None else overlap
     adapter, _ = load_adapter(art.manifest.source)
+    post, dtype, channels = False, "float32", out_channels
     if adapter is not None and not raw:
+        post, dtype, channels = block_postprocess(adapter, out_channels, len(spec.tile))
         click.echo(
-            "note: blocks are normalised with the artifact's recorded settings over the whole image and written "
-            "as the model output (the adapter's post-processing works on whole images)",
+            "note: blocks are normalised with the artifact's recorded settings over the whole image"
+            + (" and finished by the adapter's voxel-wise post-processing" if post else ""),
             err=True,
         )
     dests: dict[Path, Path] = {}
@@ -226,6 +277,7 @@ def run_large(
             raise InputError(msg)
         dests[dest] = path
 
+    stop = threading.Event()  # set when the run ends, so a statistics pass still reading stops
     handlers = _log_handlers(out_dir)
     for h in handlers:
         logger.addHandler(h)
@@ -243,6 +295,8 @@ def run_large(
             blocks = plan_blocks(grid, shape)
             run_id = {
                 "artifact": art.manifest.name,
+                "raw": raw,
+                "nan_policy": nan_policy,
                 "created": art.manifest.created,
                 "target": record.key,
                 "input": str(path.resolve()),
@@ -255,13 +309,14 @@ def run_large(
             out = OutputZarr(dest, run_id)
             carried = {"source": str(path.resolve()), "source_format": image.kind, **image.attrs}
             state = out.create(
-                (out_channels, *view.shape),
-                (out_channels, *shape),
+                (channels, *view.shape),
+                (channels, *shape),
                 view.spatial_names(),
                 view.spatial_scale(),
                 view.spatial_units(),
                 carried,
                 overwrite,
+                dtype=dtype,
             )
             if state == "complete":
                 click.echo(f"{dest} is already complete (pass --overwrite to redo it)", err=True)
@@ -274,7 +329,6 @@ def run_large(
                     f"running the other {len(todo)}",
                     err=True,
                 )
-            lo, hi = image_statistics(view.read, view.shape, view.channels, spec.normalization)
             job = BlockJob(
                 artifact=str(Path(art.path).resolve()),
                 backend=record.backend,
@@ -285,14 +339,24 @@ def run_large(
                 level=level,
                 spec=spec,
                 grid=grid,
-                lo=lo,
-                hi=hi,
+                lo=None,
+                hi=None,
                 output=str(dest.resolve()),
                 batch_size=batch_size,
+                nan_policy=nan_policy,
+                adapter=dict(art.manifest.source) if post else None,
+                dtype=dtype,
             )
-            work.append((out, job, todo, len(blocks)))
+            work.append((out, job, todo, len(blocks), view, state))
         if not work:
             return
+        # the statistics are read while the cluster starts (one image after the other); a run that
+        # fails meanwhile (no scheduler, Ctrl-C) stops them at the next slab instead of waiting for them
+        pool = ThreadPoolExecutor(1)
+        stats = [
+            pool.submit(_statistics, view, spec, nan_policy, Path(job.source), stop) for _, job, _, _, view, _ in work
+        ]
+        pool.shutdown(wait=False)
         with open_client(
             scheduler=scheduler,
             cluster=cluster,
@@ -302,45 +366,85 @@ def run_large(
             memory=memory,
             walltime=walltime,
         ) as client:
-            client.run(check_paths, work[0][1].artifact, *(job.source for _, job, _, _ in work), str(out_dir.resolve()))
+            client.run(check_paths, work[0][1].artifact, *(job.source for _, job, *_ in work), str(out_dir.resolve()))
             threads = tuple(sorted(worker_threads(client).items()))
             n_workers = len(workers_info(client))
+            client.run(warm_up, replace(work[0][1], threads=threads))  # compiles while the statistics are read
+            figures = []
+            for (out, *_, state), future in zip(work, stats, strict=True):
+                try:
+                    figures.append(future.result())
+                except EbaiError:
+                    if state == "new":  # refused before any block (NaN/Inf, a damaged chunk): nothing to resume
+                        import shutil
+
+                        shutil.rmtree(out.path, ignore_errors=True)
+                    raise
             click.echo(
                 f"running {record.key} on {len(work)} image(s) block by block on {n_workers} Dask worker(s)", err=True
             )
-            for out, job, todo, total in work:
-                _run_blocks(client, run_block, _with_threads(job, threads), todo, total, out.path)
+            for (out, job, todo, total, *_), (lo, hi, zeroed) in zip(work, figures, strict=True):
+                job = replace(job, threads=threads, lo=lo, hi=hi)
+                zeroed_blocks = _run_blocks(client, run_block, job, todo, total, out.path)
                 out.finish()
                 click.echo(f"wrote {out.path} ({total} blocks, {len(todo)} run now)", err=True)
+                if nan_policy == "zero" and (zeroed or zeroed_blocks):
+                    # the statistics pass sees every voxel unless it samples (percentile) or reads none
+                    n = zeroed if spec.normalization.kind in ("minmax", "zscore") else zeroed_blocks
+                    click.echo(f"{job.source}: {n} NaN/Inf value(s) set to 0 (--nan-policy zero)", err=True)
+                    logger.info("%s: %d NaN/Inf value(s) set to 0 (--nan-policy zero)", job.source, n)
     finally:
+        stop.set()
         for h in handlers:
             logger.removeHandler(h)
             h.close()
 
 
-def _with_threads(job: Any, threads: tuple[tuple[str, int], ...]) -> Any:
-    from dataclasses import replace
+def _statistics(view: Any, spec: Any, nan_policy: str, path: Path, stop: threading.Event) -> tuple[Any, Any, int]:
+    """Whole-image ``lo``, ``hi`` over the image with ``nan_policy`` applied, and the NaN/Inf values zeroed."""
+    from ebai.core.blocks import image_statistics
+    from ebai.core.distributed import region_text, usable_cores
+    from ebai.core.nan_policy import apply_nan_policy
 
-    return replace(job, threads=threads)
+    zeroed = [0]
+
+    def read(region: tuple[slice, ...]) -> Any:
+        if stop.is_set():
+            msg = "the run was stopped before the whole-image statistics were read"
+            raise InputError(msg)
+        data, bad = apply_nan_policy(view.read(region), nan_policy, f"{str(path)!r} at {region_text(region)}")
+        zeroed[0] += bad  # the slabs do not overlap
+        return data
+
+    lo, hi = image_statistics(
+        read, view.shape, view.channels, spec.normalization, threads=usable_cores(), align=view.chunk_length
+    )
+    return lo, hi, zeroed[0]
 
 
-def _run_blocks(client: Any, fn: Callable[..., int], job: Any, todo: list[Any], total: int, dest: Path) -> None:
-    """Submit ``todo`` and follow them to the end with a bar and log lines (voxels/s, ETA)."""
+def _run_blocks(
+    client: Any, fn: Callable[..., tuple[int, int]], job: Any, todo: list[Any], total: int, dest: Path
+) -> int:
+    """Submit ``todo`` and follow them to the end with a bar and log lines (voxels/s, ETA).
+
+    Returns the NaN/Inf values the blocks set to 0.
+    """
     from distributed import as_completed
 
     from ebai.core.progress import progress_bar
 
     voxels = sum(b.voxels for b in todo)
     if not todo:
-        return
+        return 0
     futures = [client.submit(fn, job, b, pure=False) for b in todo]
     started = time.perf_counter()
     finished = total - len(todo)
-    written = 0
+    written = zeroed = 0
     try:
         with progress_bar(dest.name, total=voxels, unit="vox", unit_scale=True) as bar:
             for future in as_completed(futures):
-                n = future.result()
+                n, bad = future.result()
+                zeroed += bad
                 bar.update(n)
                 written += n
                 finished += 1
@@ -351,3 +455,4 @@ def _run_blocks(client: Any, fn: Callable[..., int], job: Any, todo: list[Any], 
     except BaseException:
         client.cancel(futures)
         raise
+    return zeroed

@@ -32,7 +32,7 @@ from ebai.core.specs import InputSpec
 
 logger = logging.getLogger("ebai")
 
-__all__ = ["benchmark", "benchmark_table", "measure_artifact"]
+__all__ = ["benchmark", "benchmark_table", "measure_artifact", "profiles_table"]
 
 
 @dataclass
@@ -40,6 +40,7 @@ class _Row:
     name: str
     precision: str
     fn: Callable[[], np.ndarray]
+    engine: Any = None
     output: np.ndarray | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -68,9 +69,12 @@ def _input_batch(spec: InputSpec, batch: int, image: Path | None, seed: int) -> 
     return np.repeat(crop[None], batch, axis=0).astype(np.float32), f"centre tile of {image.name}"
 
 
-def _precision_label(stored: str, runs: str, default: bool) -> str:
+def _precision_label(stored: str, runs: str, default: bool, quantized: int | None = None) -> str:
+    """Name what a row computes in; ``quantized`` is the engine's count of quantized layers where it knows it."""
     if not runs:
         return stored
+    if stored == "int8" and quantized == 0:
+        return f"{runs} (int8 target with no layer quantized: int8 was not faster where it was made)"
     if stored == "int8":
         return f"int8 (other layers {runs})"
     how = "backend default" if default else "forced"
@@ -96,6 +100,7 @@ def _rows(
                         f"{b.backend} {b.variant.key} (reference.onnx)",
                         f"{b.runs} ({b.variant.how})",
                         _bind(b.engine, x),
+                        b.engine,
                     )
                 )
         for target in art.manifest.targets:
@@ -108,8 +113,14 @@ def _rows(
             rows.append(
                 _Row(
                     target.key,
-                    _precision_label(target.precision, runs, "inference_precision" not in opts),
+                    _precision_label(
+                        target.precision,
+                        runs,
+                        "inference_precision" not in opts,
+                        getattr(engine, "quantized_layers", None),
+                    ),
                     _bind(engine, x),
+                    engine,
                 )
             )
         yield rows
@@ -219,12 +230,17 @@ def measure_artifact(
     image: Path | None = None,
     seed: int = 0,
     options: dict[str, Any] | None = None,
+    profile: bool = False,
+    profile_calls: int = 5,
 ) -> dict[str, Any]:
     """Measure an artifact's engines as ``ebai benchmark`` does and return what ``--json`` prints.
 
     Rows carry name, precision, median/p95 seconds, images/s, energy per image, speed-up and
     Pearson against the first row; :func:`benchmark_table` formats them (the bioimage.io exporter
     puts that table on the package's documentation page). Parameters are the command's options.
+    With ``profile``, ``profiles`` maps each row to its engine's per-layer profile
+    (:meth:`~ebai.core.interfaces.Engine.profile`, as :meth:`~ebai.core.profiling.LayerProfile.as_dict`)
+    or ``None`` where the backend gives none; :func:`profiles_table` formats them side by side.
     """
     from ebai.core.hardware import cpu_info
     from ebai.core.latency import measure_interleaved
@@ -257,6 +273,7 @@ def measure_artifact(
             }
         if energy:
             _add_energy(rows, energy_rounds, energy_seconds, notes)
+        profiles = {row.name: _profile(row, x, profile_calls) for row in rows} if profile else None
     cpu = cpu_info()
     result = {
         "artifact": str(artifact),
@@ -269,7 +286,25 @@ def measure_artifact(
         "notes": notes,
         "cpu": {"model": cpu.model, "cores": cpu.cores, "features": list(cpu.features)},
     }
+    if profiles is not None:
+        result["profiles"] = profiles
+        result["profile_calls"] = profile_calls
     return result
+
+
+def _profile(row: _Row, x: np.ndarray, calls: int) -> dict[str, Any] | None:
+    """Return the row's per-layer profile as a dict, or ``None`` when its engine (or the torch row) gives none."""
+    method = getattr(row.engine, "profile", None)
+    found = method(x, calls) if method is not None else None
+    return found.as_dict() if found is not None else None
+
+
+def profiles_table(result: dict[str, Any]) -> str:
+    """Side-by-side per-layer profiles of a :func:`measure_artifact` result made with ``profile=True``."""
+    from ebai.core.profiling import LayerProfile, profile_table
+
+    found = {name: LayerProfile.from_dict(p) if p is not None else None for name, p in result["profiles"].items()}
+    return profile_table(found)
 
 
 @click.command()
@@ -330,6 +365,18 @@ def measure_artifact(
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic input.")
 @engine_option("Backend engine option for every row, repeatable (e.g. num_threads=2).")
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Also print where each row's time goes, per layer type and the precision it ran in (OpenVINO PERF_COUNT).",
+)
+@click.option(
+    "--profile-calls",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Calls each profile is averaged over.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of the table.")
 def benchmark(
     artifact: Path,
@@ -347,6 +394,8 @@ def benchmark(
     image: Path | None,
     seed: int,
     options: tuple[str, ...],
+    profile: bool,
+    profile_calls: int,
     as_json: bool,
 ) -> None:
     """Measure ARTIFACT's targets side by side: latency (median, p95), throughput, energy, fidelity.
@@ -355,7 +404,10 @@ def benchmark(
     its default precision), each target of the artifact, and (``--against-torch``) PyTorch eager on
     the original model. Speed-ups and Pearson correlations are against PyTorch eager when present,
     else the first of those rows. Energies marked with the same letter (~A) lie within each other's
-    spread: the measurement does not tell them apart.
+    spread: the measurement does not tell them apart. ``--profile`` adds a table of where each
+    row's time goes, by layer type and the precision each kernel ran in, side by side (milliseconds
+    per call summed over layers, and the share of the row's total); rows whose backend counts no
+    per-layer time say so in one line.
     """
     result = measure_artifact(
         artifact,
@@ -373,6 +425,8 @@ def benchmark(
         image=image,
         seed=seed,
         options=engine_options(options),
+        profile=profile,
+        profile_calls=profile_calls,
     )
     notes, rows, cpu = result["notes"], result["rows"], result["cpu"]
     if as_json:
@@ -384,6 +438,11 @@ def benchmark(
         f"cpu: {cpu['model']}, {cpu['cores']} logical cores; {', '.join(cpu['features']) or 'no AVX-512/VNNI/AMX'}"
     )
     click.echo(benchmark_table(result))
+    if profile:
+        click.echo(
+            f"\nper-layer profile (ms per call, mean of {profile_calls} calls; share of the row's summed layer time):"
+        )
+        click.echo(profiles_table(result))
     for note in notes:
         click.echo(f"note: {note}")
     if energy and rows and rows[0].get("energy_source"):

@@ -21,15 +21,13 @@ from ebai.core.artifact import Artifact
 from ebai.core.commands._run_large import large_options
 from ebai.core.commands._run_setup import engine_option, engine_options, load_adapter, pick_target
 from ebai.core.errors import EbaiError, InputError
+from ebai.core.nan_policy import NAN_POLICIES, apply_nan_policy
 from ebai.core.progress import progress
 from ebai.core.specs import InputSpec
 
 logger = logging.getLogger("ebai")
 
 __all__ = ["NAN_POLICIES", "output_name", "run"]
-
-#: What ``--nan-policy`` does with NaN/Inf input pixels: refuse the image, set them to 0, or pass them on.
-NAN_POLICIES = ("error", "zero", "ignore")
 
 _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
 
@@ -66,30 +64,11 @@ def refuse_replacing_inputs(pairs: list[tuple[Path, Path]]) -> None:
             raise InputError(msg)
 
 
-def _nonfinite(x: np.ndarray) -> int:
-    """Count NaN/Inf values, in slices so no image-sized mask is allocated."""
-    flat = x.reshape(-1)
-    step = 1 << 22
-    return sum(
-        int(flat[i : i + step].size - np.count_nonzero(np.isfinite(flat[i : i + step])))
-        for i in range(0, flat.size, step)
-    )
-
-
 def _apply_nan_policy(sample: np.ndarray, policy: str, path: Path) -> np.ndarray:
-    if policy == "ignore" or not np.issubdtype(sample.dtype, np.floating):
-        return sample
-    bad = _nonfinite(sample)
-    if not bad:
-        return sample
-    if policy == "zero":
+    sample, bad = apply_nan_policy(sample, policy, repr(str(path)))
+    if bad:
         logger.warning("%s: %d NaN/Inf value(s) set to 0 (--nan-policy zero)", path, bad)
-        return np.nan_to_num(sample, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    msg = (
-        f"{str(path)!r} holds {bad} NaN/Inf value(s) of {sample.size}: fix the image, or pass --nan-policy zero "
-        "(set them to 0) or --nan-policy ignore (keep them; they spread through normalisation and the model)"
-    )
-    raise InputError(msg)
+    return sample
 
 
 def _check_memory(
@@ -265,6 +244,7 @@ def run(
             batch_size=batch_size,
             overlap=overlap,
             raw=raw,
+            nan_policy=nan_policy,
             **large,
         )
         if not small:
