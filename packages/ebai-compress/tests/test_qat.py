@@ -20,6 +20,8 @@ TILE = (32, 32)
 #: here (OpenVINO 2026.4, NNCF 3.4): post-training int8 Pearson 0.9868 (MIXED) and 0.9710 (PERFORMANCE);
 #: accuracy control reached 0.9963 by keeping some layers in float; quantization-aware training 300 steps
 #: 0.9952 with every layer int8 (400 steps, weights kept by loss: 0.9954). Accuracy control is switched off so the automatic route goes to QAT.
+#: Post-training int8 is asked for every layer (layer_precision int8): OpenVINO's default since issue 17 keeps
+#: layers where int8 measured no faster at bf16, which on this small net reached 0.9973 with fewer int8 layers.
 QAT_SPREAD = 20.0
 QAT_STEPS = 300
 ACCURACY_CONTROL = False
@@ -124,7 +126,14 @@ def test_qat_brings_an_instance_norm_unet_that_ptq_cannot_keep_above_0_995_on_op
         }
     )
     out = tmp_path / "unet.ebai"
-    compress(source, ArraySource(images3d_six), plan, out, backends={"openvino": OpenVINOBackend()})
+
+    class AllInt8(OpenVINOBackend):
+        """Post-training int8 of every layer, as QAT makes it (not only where int8 measured faster)."""
+
+        def variants(self, precision):
+            return [{**v, "layer_precision": "int8"} for v in super().variants(precision)]
+
+    compress(source, ArraySource(images3d_six), plan, out, backends={"openvino": AllInt8()})
     (target,) = Artifact.open(out).manifest.targets
     variants = {v["route"]: v["pearson"] for v in target.record["variants"]}
     print(f"int8 Pearson to the original by route: {variants}")
