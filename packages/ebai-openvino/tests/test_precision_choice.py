@@ -104,7 +104,8 @@ def test_measured_int8_records_layers_by_precision(monai_measured, monai_unet, h
     assert choice["speedup_vs_default"] >= 1.0 or choice["chosen"] == "default"
     kept, int8 = set(choice["layers_default_precision"]), set(choice["layers_int8"])
     assert not kept & int8 and lowering.options["keep_default"] == sorted(kept)
-    assert lowering.options["layer_precision"] == "measured"
+    # where int8 did not pay, the recorded options say so, so that they reproduce the float model
+    assert lowering.options["layer_precision"] == ("default" if choice["chosen"] == "default" else "measured")
     assert lowering.options["deconv_to_conv"] == choice["deconvolutions_rewritten"]
     assert (lowering.record["fake_quantize_ops"] > 0) == (choice["chosen"] != "default")
     names = {op.get_friendly_name() for op in ov.Core().read_model(str(folder / "model.xml")).get_ops()}
@@ -183,3 +184,18 @@ def test_in_memory_engine_profile_matches_its_layers(held_out_3d) -> None:
         assert engine.quantized_layers == 0
     assert found.calls == 3 and found.seconds("Convolution", "f32") >= 0
     assert {g.precision for g in found.groups} <= {"f32", "undef", "i32", "i64"}
+
+
+def test_layer_precision_default_quantizes_nothing(monai_measured, spec_3d, calibration_3d, tmp_path) -> None:
+    """What a measured choice records where int8 did not pay: re-lowering with it gives the float model."""
+    onnx_path = monai_measured[0]
+    lowering = OpenVINOBackend().lower(
+        onnx_path,
+        tmp_path,
+        precision="int8",
+        input_spec=spec_3d,
+        calibration=calibration_3d,
+        options={"layer_precision": "default"},
+    )
+    assert lowering.record["fake_quantize_ops"] == 0 and lowering.options["layer_precision"] == "default"
+    assert "precision_choice" not in lowering.record

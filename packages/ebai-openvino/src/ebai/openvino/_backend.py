@@ -65,6 +65,8 @@ def _measured_int8(model: Any, samples: list[np.ndarray], opts: Any) -> tuple[An
         samples[0],
     )
     used = {"deconv_to_conv": list(choice.rewritten), **opts.as_dict(), "keep_default": list(choice.keep_default)}
+    if choice.chosen == "default":  # int8 did not pay: the recorded options must give the float model again
+        used["layer_precision"] = "default"
     facts = {"deconvolutions_rewritten": len(choice.rewritten), "precision_choice": choice.record()}
     return quantized, used, facts
 
@@ -153,9 +155,11 @@ class OpenVINOBackend(Backend):
             if measure:
                 model, used, facts = _measured_int8(model, samples, opts)
             else:
-                rewrite = _rewrite_mode("auto" if given is None else given)
+                keep_float = opts.layer_precision == "default"
+                rewrite = _rewrite_mode(False if keep_float else "auto" if given is None else given)
                 rewritten = _rewrite(model, rewrite)
-                model = q.quantize(model, samples, opts)
+                if not keep_float:
+                    model = q.quantize(model, samples, opts)
                 used = {"deconv_to_conv": _recorded(rewrite), **opts.as_dict()}
                 facts = {"deconvolutions_rewritten": rewritten}
             record.update(

@@ -38,8 +38,9 @@ PRESETS = ("mixed", "performance")
 OVERFLOW_FIXES = ("first_layer_only", "enable", "disable")
 #: How layers get their precision: ``measured`` (each quantizable layer stays int8 only where it ran
 #: faster than at the default precision on this machine, see :mod:`ebai.openvino._precision_choice`)
-#: or ``int8`` (every layer NNCF can quantize, as ebai did before).
-LAYER_PRECISIONS = ("measured", "int8")
+#: ``int8`` (every layer NNCF can quantize, as ebai did before), or ``default`` (no layer quantized:
+#: what a measured choice records where int8 did not pay, so its options reproduce the float model).
+LAYER_PRECISIONS = ("measured", "int8", "default")
 _KNOWN = ("preset", "subset_size", "overflow_fix", "fast_bias_correction", "layer_precision", "keep_default")
 
 
