@@ -81,3 +81,41 @@ def test_without_onnxruntime_the_numeric_check_is_skipped_with_a_warning(tmp_pat
     assert result.max_rel_error is None
     assert result.to_dict()["numeric_check"].startswith("skipped")
     assert any("onnxruntime is not installed" in r.message for r in caplog.records)
+
+
+class _Cancelling(torch.nn.Module):
+    """Two large, nearly equal convolutions subtracted: a small output float32 rounds coarsely."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(4, 1, 3, 3, 3, generator=g) * 1e4
+        self.a = torch.nn.Conv3d(1, 4, 3, padding=1, bias=False)
+        self.b = torch.nn.Conv3d(1, 4, 3, padding=1, bias=False)
+        self.a.weight.data = w + torch.randn(w.shape, generator=g)
+        self.b.weight.data = w.clone()
+
+    def forward(self, x):
+        return self.a(x) - self.b(x)
+
+    def merged(self) -> torch.nn.Module:
+        """The same function with the weights subtracted first: well conditioned in float32."""
+        conv = torch.nn.Conv3d(1, 4, 3, padding=1, bias=False)
+        conv.weight.data = (self.a.weight.data.double() - self.b.weight.data.double()).float()
+        return conv.eval()
+
+
+@pytest.mark.parametrize("onnx_from_merged", [True, False])
+def test_numeric_check_holds_the_onnx_file_to_the_float64_result(tmp_path, onnx_from_merged):
+    """Above the limit, an ONNX file is accepted only when it is no further from float64 than torch is."""
+    from ebai.compress._onnx_export import _numeric_check
+
+    coarse = _Cancelling().eval()
+    fine = coarse.merged()
+    batch = torch.randn(2, 1, 8, 16, 16, generator=torch.Generator().manual_seed(1))
+    exported, compared = (fine, coarse) if onnx_from_merged else (coarse, fine)
+    path = export_onnx(exported, tmp_path / "m.onnx", batch, exporter="torchscript").path
+    rel, acceptable = _numeric_check(path, compared, batch, 1e-4)
+    assert rel > 1e-4  # float32 torch and the file disagree beyond the limit either way
+    # the accurate file against the coarse torch network is fine; the coarse file against the accurate one is not
+    assert acceptable is onnx_from_merged

@@ -190,7 +190,15 @@ def _run_exporter(model: Any, example: Any, path: Path, exporter: str, opset: in
     )
 
 
-def _numeric_check(path: Path, model: Any, batch: Any) -> float | None:
+def _numeric_check(path: Path, model: Any, batch: Any, rtol: float) -> tuple[float | None, bool]:
+    """Max relative difference of ONNX Runtime's output to torch's, and whether it is acceptable.
+
+    Above ``rtol`` it is still acceptable when the network itself is ill-conditioned (e.g. a pruned
+    network with near-cancelling channels): float32 is then far from the exact result in torch as in
+    ONNX Runtime, and what the export must not add is error beyond that. So the ONNX output is held
+    to the network's float64 result, with torch's own float32 error (four times over: two float32
+    runtimes round differently) as the allowance.
+    """
     import torch
 
     try:
@@ -199,7 +207,7 @@ def _numeric_check(path: Path, model: Any, batch: Any) -> float | None:
         logger.warning(
             "onnxruntime is not installed, so the exported ONNX was not compared with torch: pip install onnxruntime"
         )
-        return None
+        return None, True
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -210,7 +218,39 @@ def _numeric_check(path: Path, model: Any, batch: Any) -> float | None:
         msg = f"the exported ONNX gives shape {got.shape} where torch gives {want.shape} for a batch of 2: report this model"
         raise FidelityError(msg)
     scale = max(float(np.max(np.abs(want))), 1e-12)
-    return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) / scale
+    rel = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) / scale
+    if rel <= rtol:
+        return rel, True
+    exact = _float64_output(model, batch)
+    if exact is None:
+        return rel, False
+    torch_error = float(np.max(np.abs(want.astype(np.float64) - exact))) / scale
+    onnx_error = float(np.max(np.abs(got.astype(np.float64) - exact))) / scale
+    ok = onnx_error <= 4 * torch_error
+    if ok:
+        logger.info(
+            "exported ONNX differs from torch by %.2e relative, within this network's float32 rounding "
+            "(from its float64 result: torch %.2e, ONNX %.2e)",
+            rel,
+            torch_error,
+            onnx_error,
+        )
+    return rel, ok
+
+
+def _float64_output(model: Any, batch: Any) -> np.ndarray | None:
+    """Return the network's output computed in float64 on a copy, or ``None`` where it cannot run in float64."""
+    import copy
+
+    import torch
+
+    try:
+        exact = copy.deepcopy(model).double()
+        with torch.no_grad():
+            return exact(batch.double()).detach().numpy().astype(np.float64)
+    except Exception as exc:  # ops without float64 kernels, scripted modules: keep the float32 comparison
+        logger.debug("float64 reference not computed (%s)", exc)
+        return None
 
 
 def _write_onnx_source(model: Any, path: Path, overwrite: bool) -> ExportResult:
@@ -339,8 +379,8 @@ def export_onnx(
             raise InputError(msg) from exc
         proto = onnx.load(str(target), load_external_data=False)
         version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), int(opset))
-        rel = _numeric_check(target, model, _check_batch(example))
-        if rel is not None and not rel <= rtol:
+        rel, acceptable = _numeric_check(target, model, _check_batch(example), rtol)
+        if not acceptable:
             msg = (
                 f"the exported ONNX differs from torch by {rel:.2e} relative (more than {rtol:.0e}) on a batch of 2: "
                 f"try export.exporter {'torchscript' if exporter == 'dynamo' else 'dynamo'}"
