@@ -119,7 +119,11 @@ def test_choice_is_measured_once_then_read_from_the_artifact_cache(lowered, tmp_
 
 
 def test_foreign_or_damaged_choices_are_measured_again(lowered, tmp_path, user_cache, caplog):
+    import logging
     import shutil
+
+    # the ebai logger's own level, so a root level left high by an earlier test cannot drop the warning
+    caplog.set_level(logging.WARNING, logger="ebai")
 
     target = tmp_path / "model.ebai" / "torch-fp32"
     shutil.copytree(lowered[0], target)
