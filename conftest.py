@@ -78,21 +78,3 @@ def fresh_venv(tmp_path: Path) -> FreshVenv:
     created = run_isolated([sys.executable, "-m", "venv", root], 120)
     assert created.returncode == 0, created.stderr
     return FreshVenv(root)
-
-
-@pytest.fixture(autouse=True)
-def _ebai_logger_reaches_caplog():
-    """Give every test the ``ebai`` loggers as a fresh process has them.
-
-    Third-party code run by an earlier test in the same worker (a logging ``dictConfig``, which
-    disables existing loggers by default) can leave ``ebai`` disabled or detached, and tests then
-    see no ebai warning in ``caplog`` depending on the (random) order they ran in.
-    """
-    import logging
-
-    for name in ("ebai", *(n for n in logging.root.manager.loggerDict if n.startswith("ebai."))):
-        lg = logging.getLogger(name)
-        lg.disabled = False
-        if name != "ebai.large":  # ebai run's large path detaches this one on purpose while it runs
-            lg.propagate = True
-    yield
