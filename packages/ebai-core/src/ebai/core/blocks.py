@@ -40,9 +40,9 @@ __all__ = [
 
 #: Bytes a block holds per voxel of its region and channel (channels in plus out): the normalised
 #: float32 input and the float32 blend (4 bytes each), plus reading and writing's transients. The
-#: input as read and its normalised copy never coexist with the blend, and the core is copied out
-#: for writing once the input is dropped (:func:`ebai.core.distributed.run_block`): measured 8.7
-#: bytes per voxel for one channel in and one out.
+#: input is read and normalised slab by slab into the sample (:class:`SlabFeed`), and the core is
+#: copied out for writing once the sample is dropped (:func:`ebai.core.distributed.run_block`):
+#: measured 8.7 bytes per voxel for one channel in and one out before slab reading, less since.
 _BYTES_PER_VOXEL = 5
 
 
