@@ -16,7 +16,17 @@ from ebai.core.tiling import predict_tiled
 pytest.importorskip("zarr")
 pytest.importorskip("distributed")
 
-from ebai.core.blocks import block_region, choose_block, image_statistics, plan_blocks, predict_block, tile_grid
+from ebai.core.blocks import (
+    SlabFeed,
+    block_region,
+    choose_block,
+    image_statistics,
+    output_chunks,
+    plan_blocks,
+    predict_block,
+    slab_bounds,
+    tile_grid,
+)
 from ebai.core.largeio import SampleView, open_image
 
 
@@ -95,6 +105,74 @@ def test_chosen_block_runs_the_fewest_tiles_of_every_shape_that_fits() -> None:
         tiles, largest = cost(choose_block(grid, channels=2, budget_bytes=budget_voxels * 5 * 2))
         assert largest <= budget_voxels
         assert tiles == min(t for t, region in costs if region <= budget_voxels)
+
+
+def test_a_block_fed_slab_by_slab_equals_one_read_whole(rng) -> None:
+    image = rng.normal(size=(1, 37, 90, 70)).astype(np.float32)
+    grid = tile_grid(image.shape[1:], (16, 32, 32), overlap=0.25)
+    for b in plan_blocks(grid, (20, 40, 33)):
+        read, _, _ = block_region(grid, b)
+        region = image[(slice(None), *read)]
+        whole = predict_block(region, grid, b, position_dependent, batch_size=4)
+        asked: list[int] = []
+
+        def rows(start: int, stop: int, region=region, asked=asked) -> np.ndarray:
+            asked.append(stop)
+            return region[:, start:stop]
+
+        bounds = slab_bounds(read[0].start, read[0].stop, 8, 8)
+        with SlabFeed(region.shape, bounds, rows) as feed:
+            fed = predict_block(feed.sample, grid, b, position_dependent, batch_size=4, wait=feed.wait)
+        assert np.array_equal(fed, whole)
+        assert asked == [stop for _, stop in bounds]  # every slab read once, in order
+
+
+def test_a_failing_slab_read_stops_the_block_with_its_error(rng) -> None:
+    image = rng.normal(size=(1, 37, 90, 70)).astype(np.float32)
+    grid = tile_grid(image.shape[1:], (16, 32, 32), overlap=0.25)
+    block = plan_blocks(grid, (37, 90, 70))[0]
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        if start >= 16:
+            msg = "chunk 2.0.0 is damaged"
+            raise InputError(msg)
+        return image[:, start:stop]
+
+    with pytest.raises(InputError, match="chunk 2.0.0 is damaged"):
+        with SlabFeed(image.shape, slab_bounds(0, 37, 8, 8), rows) as feed:
+            predict_block(feed.sample, grid, block, position_dependent, wait=feed.wait)
+
+    # and a prediction that fails stops the reading thread instead of leaving it running
+    def broken(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("engine failed")
+
+    feed = SlabFeed(image.shape, slab_bounds(0, 37, 1, 1), lambda a, b: image[:, a:b])
+    with pytest.raises(RuntimeError, match="engine failed"), feed:
+        predict_block(feed.sample, grid, block, broken, wait=feed.wait)
+    assert not feed._thread.is_alive()
+
+
+def test_slabs_end_on_chunk_borders() -> None:
+    assert slab_bounds(0, 144, 32, 32) == [(0, 32), (32, 64), (64, 96), (96, 128), (128, 144)]
+    # a region starting inside a chunk: the first slab ends on the next border (image coordinates)
+    assert slab_bounds(122, 288, 32, 32) == [(0, 6), (6, 38), (38, 70), (70, 102), (102, 134), (134, 166)]
+    assert slab_bounds(0, 100, 1, 30) == [(0, 30), (30, 60), (60, 90), (90, 100)]  # unchunked (NPY)
+    assert slab_bounds(0, 10, 64, 32) == [(0, 10)]
+
+
+@pytest.mark.parametrize(
+    ("block", "chunks"),
+    [
+        ((134, 1024, 1024), (67, 256, 256)),  # the 1 GB benchmark's blocks: 17.5 MB chunks, not 536 MB
+        ((134, 538, 1024), (67, 269, 256)),  # the divisor nearest 256 may be above it
+        ((167, 1031, 64), (167, 1031, 64)),  # primes have no divisor near the target: kept whole
+        ((16, 32, 32), (16, 32, 32)),  # blocks smaller than the targets are one chunk
+        ((2000, 2000), (250, 250)),  # 2D: both axes are the plane
+    ],
+)
+def test_output_chunks_divide_blocks(block, chunks) -> None:
+    assert output_chunks(block) == chunks
+    assert all(b % c == 0 for b, c in zip(block, chunks, strict=True))  # no chunk spans two blocks
 
 
 @pytest.mark.parametrize("kind", ["percentile", "minmax", "zscore", "none"])

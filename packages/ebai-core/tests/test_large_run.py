@@ -265,6 +265,22 @@ def test_embedded_cluster_resumes_and_overwrites(artifacts, images, references, 
     _close(_read_output(out), references["3d"])
 
 
+def test_one_local_worker_runs_in_this_process(artifacts, images, references, tmp_path) -> None:
+    from ebai.core import distributed
+
+    # one worker (the default on up to 7 cores) needs no process of its own: it compiles the engine
+    # here, and the engine is freed with the cluster
+    source = tmp_path / "vol.npy"
+    np.save(source, images["3d"])
+    key = str(artifacts["3d"].resolve())
+    before = distributed.LOADS.get(key, 0)
+    result = invoke("run", artifacts["3d"], source, "-o", tmp_path / "out", "--chunked", "--workers", "1",
+                    "--block", "24,40,40", "-O", "inference_precision=f32")  # fmt: skip
+    assert "on 1 Dask worker(s)" in result.output
+    assert distributed.LOADS[key] == before + 1 and not distributed._ENGINES
+    _close(_read_output(tmp_path / "out" / "vol.ome.zarr"), references["3d"])
+
+
 def _start(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "EBAI_PROGRESS": "0", **(env_extra or {})}
     return subprocess.Popen(
@@ -410,6 +426,23 @@ def test_nan_policy_on_blocks_as_in_memory(artifacts, images, cluster, tmp_path)
     zeroed = invoke(*chunked, "-o", tmp_path / "out", "--nan-policy", "zero")
     assert "2 NaN/Inf value(s) set to 0" in zeroed.output
     _close(_read_output(tmp_path / "out" / "vol.ome.zarr"), reference)
+
+
+def test_blocks_are_written_as_several_chunks(artifacts, images, references, cluster, tmp_path, monkeypatch) -> None:
+    import zarr
+
+    # chunks smaller than the blocks (as 256x256 planes are on real data): every block writes
+    # several whole chunks, none shared with another block, and the image equals the in-memory one
+    monkeypatch.setattr("ebai.core.blocks.CHUNK_PLANE", 10)
+    monkeypatch.setattr("ebai.core.blocks.CHUNK_DEPTH", 5)
+    source = tmp_path / "vol.npy"
+    np.save(source, images["3d"])
+    result = invoke("run", artifacts["3d"], source, "-o", tmp_path / "out", "--scheduler", cluster.scheduler_address,
+                    "--block", "20,36,40", "-O", "inference_precision=f32")  # fmt: skip
+    assert "(8 blocks, 8 run now)" in result.output
+    out = tmp_path / "out" / "vol.ome.zarr"
+    assert zarr.open_array(store=str(out / "0"), mode="r").chunks == (1, 5, 9, 10)
+    _close(_read_output(out), references["3d"])
 
 
 def test_voxelwise_postprocess_runs_on_blocks(images, references, cluster, tmp_path) -> None:

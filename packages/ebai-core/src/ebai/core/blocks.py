@@ -25,13 +25,24 @@ import numpy as np
 from ebai.core.specs import Normalization
 from ebai.core.tiling import _accumulate, _batches, _border_flat, _check, _profile, tile_starts
 
-__all__ = ["Block", "TileGrid", "choose_block", "image_statistics", "plan_blocks", "predict_block", "tile_grid"]
+__all__ = [
+    "Block",
+    "SlabFeed",
+    "TileGrid",
+    "choose_block",
+    "image_statistics",
+    "output_chunks",
+    "plan_blocks",
+    "predict_block",
+    "slab_bounds",
+    "tile_grid",
+]
 
 #: Bytes a block holds per voxel of its region and channel (channels in plus out): the normalised
 #: float32 input and the float32 blend (4 bytes each), plus reading and writing's transients. The
-#: input as read and its normalised copy never coexist with the blend, and the core is copied out
-#: for writing once the input is dropped (:func:`ebai.core.distributed.run_block`): measured 8.7
-#: bytes per voxel for one channel in and one out.
+#: input is read and normalised slab by slab into the sample (:class:`SlabFeed`), and the core is
+#: copied out for writing once the sample is dropped (:func:`ebai.core.distributed.run_block`):
+#: measured 8.7 bytes per voxel for one channel in and one out before slab reading, less since.
 _BYTES_PER_VOXEL = 5
 
 
@@ -192,6 +203,36 @@ def choose_block(grid: TileGrid, channels: int, budget_bytes: int) -> tuple[int,
     return best[2]
 
 
+#: Output chunk lengths :func:`output_chunks` aims at: the last two axes, and the others (4-16 MB
+#: of float32 per chunk, what OME-Zarr viewers fetch comfortably).
+CHUNK_PLANE = 256
+CHUNK_DEPTH = 64
+
+
+def output_chunks(block: Sequence[int], *, plane: int | None = None, depth: int | None = None) -> tuple[int, ...]:
+    """Chunk shape of the output image: a divisor of ``block`` on every axis, near viewer-friendly sizes.
+
+    A block is written as several chunks rather than one, so a viewer (napari, neuroglancer) loads
+    a few MB per chunk instead of the whole block, and zarr compresses the block's chunks on its
+    thread pool in parallel. Each chunk length divides the block length, so no chunk is shared by
+    two blocks (each block's chunks are written by one worker). Per axis, the divisor closest to
+    ``plane`` (the last two axes, default :data:`CHUNK_PLANE`) or ``depth`` (the others, default
+    :data:`CHUNK_DEPTH`) within a factor of 4 either way is taken; a block length without one (a
+    large prime) stays whole.
+    """
+    plane = CHUNK_PLANE if plane is None else plane
+    depth = CHUNK_DEPTH if depth is None else depth
+    chunks = []
+    for axis, length in enumerate(int(b) for b in block):
+        want = plane if axis >= len(block) - 2 else depth
+        if length <= want:
+            chunks.append(length)
+            continue
+        near = [d for d in range(max(1, want // 4), min(length, 4 * want) + 1) if length % d == 0]
+        chunks.append(min(near, key=lambda d: (abs(math.log(d / want)), -d)) if near else length)
+    return tuple(chunks)
+
+
 def block_region(grid: TileGrid, block: Block) -> tuple[tuple[slice, ...], list[tuple[int, int]], tuple[int, ...]]:
     """Return what a block reads: image region, padding to add, and the region's start in padded coordinates."""
     read, pads, origin = [], [], []
@@ -213,6 +254,7 @@ def predict_block(
     infer: Callable[[np.ndarray], np.ndarray] | Any,
     *,
     batch_size: int = 4,
+    wait: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Run the grid's tiles overlapping ``block`` and return the blended output over its core.
 
@@ -227,6 +269,10 @@ def predict_block(
         ``(N, C_out, *tile)``; its ``infer_many`` is used when present.
     batch_size
         Tiles per call.
+    wait
+        Set when ``sample`` is still being filled along its first spatial axis (:class:`SlabFeed`):
+        ``wait(stop)`` returns once rows ``[0, stop)`` are in, so the first tiles run while the
+        rest is read.
 
     Returns
     -------
@@ -237,6 +283,9 @@ def predict_block(
     """
     _, pads, origin = block_region(grid, block)
     if any(p != (0, 0) for p in pads):
+        if wait is not None:  # padding needs the whole region
+            wait(sample.shape[1])
+            wait = None
         sample = np.pad(sample, [(0, 0), *pads], mode=grid.pad_mode)
     region = sample.shape[1:]
     ranges = [range(i0, i1 + 1) for i0, i1 in block.tiles]
@@ -253,15 +302,24 @@ def predict_block(
             total[c : c + tile[axis]] += grid.axis_weight(axis, i)
         axis_sums.append(total)
 
-    batches = _batches(sample, corners, tile, batch_size)
+    batches = _batches(sample, corners, tile, batch_size, wait)
     infer_many = getattr(infer, "infer_many", None)
     outputs = infer_many(batches) if callable(infer_many) else (infer(b) for b in batches)
 
+    # a tile's weight depends only on which image borders it touches (flattened there): at most
+    # 4 per axis combination, built once each, as predict_tiled does
+    full = grid.full
+    weights: dict[tuple[tuple[bool, bool], ...], np.ndarray] = {}
+
     def tile_weight(j: int, _corner: tuple[int, ...]) -> np.ndarray:
-        w = np.ones((), dtype=np.float32)
-        for axis, i in enumerate(indices[j]):
-            w = np.multiply.outer(w, grid.axis_weight(axis, i).astype(np.float32))
-        return w
+        starts = [grid.starts[axis][i] for axis, i in enumerate(indices[j])]
+        key = tuple((c == 0, c + t == f) for c, t, f in zip(starts, grid.tile, full, strict=True))
+        if key not in weights:
+            w = np.ones((), dtype=np.float32)
+            for axis, i in enumerate(indices[j]):
+                w = np.multiply.outer(w, grid.axis_weight(axis, i).astype(np.float32))
+            weights[key] = w
+        return weights[key]
 
     acc = _accumulate(outputs, corners, tile, batch_size, region, sample.shape[0], tile_weight)
     crop = tuple(
@@ -277,6 +335,85 @@ def predict_block(
             shape[axis + 1] = -1
             core /= total.reshape(shape)
     return core
+
+
+class SlabFeed:
+    """A block's sample filled slab by slab along the first spatial axis on a background thread.
+
+    Reading, decompressing and normalising a block takes seconds in which the engine would sit
+    idle; fed this way, :func:`predict_block` (given :meth:`wait`) starts on the first rows while
+    the rest is read. Use as a context manager: leaving it stops the thread (also when the
+    prediction failed) and re-raises what the reading raised.
+
+    Parameters
+    ----------
+    shape
+        ``(C, *region)`` of the sample.
+    bounds
+        ``(start, stop)`` row ranges along the first spatial axis, in order, covering the region.
+    read
+        ``read(start, stop)`` returns rows ``[start, stop)`` as ``(C, stop - start, ...)`` float32,
+        ready to use (normalised).
+    """
+
+    def __init__(
+        self, shape: Sequence[int], bounds: Sequence[tuple[int, int]], read: Callable[[int, int], np.ndarray]
+    ) -> None:
+        import threading
+
+        self.sample = np.empty(tuple(shape), dtype=np.float32)
+        self._bounds = list(bounds)
+        self._read = read
+        self._filled = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._fill, name="ebai-slab-feed", daemon=True)
+
+    def __enter__(self) -> SlabFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._ready:
+            self._stop = True
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+    def _fill(self) -> None:
+        try:
+            for start, stop in self._bounds:
+                if self._stop:
+                    return
+                self.sample[:, start:stop] = self._read(start, stop)
+                with self._ready:
+                    self._filled = stop
+                    self._ready.notify_all()
+        except BaseException as exc:  # handed to the waiting thread
+            with self._ready:
+                self._error = exc
+                self._ready.notify_all()
+
+    def wait(self, stop: int) -> None:
+        """Return once rows ``[0, stop)`` are filled; raise what the reading raised."""
+        with self._ready:
+            while self._filled < min(stop, self.sample.shape[1]) and self._error is None:
+                self._ready.wait()
+            if self._error is not None:
+                raise self._error
+
+
+def slab_bounds(start: int, stop: int, chunk: int, least: int) -> list[tuple[int, int]]:
+    """Rows ``[start, stop)`` cut into slabs of at least ``least`` rows ending on multiples of ``chunk``.
+
+    Relative to ``start``. Slabs end on storage chunk borders (image coordinates), so no chunk is
+    decompressed twice.
+    """
+    chunk = max(1, int(chunk))
+    step = chunk * max(1, -(-int(least) // chunk))
+    cuts = [start, *range((start // step + 1) * step, stop, step), stop]
+    return [(a - start, b - start) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
 def image_statistics(

@@ -2,7 +2,8 @@
 
 Three ways to get workers, all giving a ``distributed.Client``:
 
-- a local cluster of worker processes on this machine (the default), started and closed here;
+- a local cluster on this machine (the default), started and closed here: one worker inside this
+  process, or with ``workers`` > 1 that many worker processes;
 - ``--scheduler ADDRESS``: an existing ``dask.distributed`` cluster, left running;
 - ``--cluster slurm|pbs|lsf``: a batch-system cluster through dask-jobqueue, closed at the end.
 
@@ -107,7 +108,8 @@ def open_client(
         ``"slurm"``, ``"pbs"`` or ``"lsf"``: submit ``jobs`` jobs of ``cores`` cores, ``memory`` and
         ``walltime`` each, one worker process per job.
     workers
-        Worker processes of the local cluster (default: one per 4 cores, at least 1).
+        Workers of the local cluster (default: one per 4 cores, at least 1); a single worker runs
+        in this process.
     """
     from distributed import Client, LocalCluster
 
@@ -127,15 +129,20 @@ def open_client(
         made = jobqueue_cluster(cluster, cores=cores, memory=memory, walltime=walltime)
         made.scale(jobs=jobs)
     else:
+        import dask
+
         n = workers or max(1, usable_cores() // 4)
-        made = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        # One worker runs in this process: the engine and numpy release the GIL, so a separate
+        # process would only add its start-up, imports and memory. Several run as processes, each
+        # with its own engine. distributed starts those with MALLOC_TRIM_THRESHOLD_ set, which also
+        # freezes glibc's mmap threshold: every tile-sized array is then a fresh mmap whose pages
+        # are faulted in anew (measured: twice the system time of the in-memory path on the demo
+        # denoiser); a block frees its memory when it ends anyway, so they get glibc's default.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            where = {"processes": True, "host": "127.0.0.1"} if n > 1 else {"processes": False}  # inproc://
+            made = LocalCluster(
+                n_workers=n, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR, **where
+            )
     try:
         with Client(made) as client:
             if cluster:
@@ -143,6 +150,10 @@ def open_client(
             yield client
     finally:
         made.close()
+        if not cluster and not made.processes:  # the worker's engines and open images lived here
+            _ENGINES.clear()
+            _VIEWS.clear()
+            _POSTS.clear()
 
 
 def workers_info(client: Any) -> dict[str, Any]:
@@ -212,7 +223,8 @@ def check_paths(*paths: str) -> str:
     return socket.gethostname()
 
 
-def _engine(job: BlockJob) -> Any:
+def _engine(job: BlockJob, worker: Any = None) -> Any:
+    """Return the worker's engine for ``job``, compiled on first use with its host's share of the cores."""
     key = (job.artifact, job.backend, job.precision, job.options)
     if key not in _ENGINES:
         from ebai.core.artifact import Artifact
@@ -220,31 +232,35 @@ def _engine(job: BlockJob) -> Any:
         check_paths(job.artifact)
         options = dict(job.options)
         if job.backend == "openvino" and "num_threads" not in options:
-            host = _host()
-            options["num_threads"] = dict(job.threads).get(host, 1)
+            options["num_threads"] = dict(job.threads).get(_host(worker), 1)
         art = Artifact.open(job.artifact)  # every sha256 checked, once per worker process
         _ENGINES[key] = art.load_engine(job.backend, job.precision, **options)
         LOADS[job.artifact] = LOADS.get(job.artifact, 0) + 1
     return _ENGINES[key]
 
 
-def warm_up(job: BlockJob) -> str:
+def warm_up(job: BlockJob, dask_worker: Any = None) -> str:
     """Check the artifact and compile its engine in this worker now (run on every worker at start).
 
-    ``ebai run`` calls it while the whole-image statistics are still being read, so the first
-    block does not wait for the compilation; returns the worker's host name.
+    ``ebai run`` calls it through ``Client.run`` (which passes the worker as ``dask_worker``) while
+    the whole-image statistics are still being read, so the first block does not wait for the
+    compilation; returns the worker's host name.
     """
-    _engine(job)
+    _engine(job, dask_worker)
     return socket.gethostname()
 
 
-def _host() -> str:
-    try:
-        from distributed import get_worker
+def _host(worker: Any = None) -> str:
+    """Host of ``worker`` (default: the worker running this task), as the scheduler names it."""
+    from distributed import get_worker
+    from distributed.comm import get_address_host
 
-        return get_worker().address.split("://")[-1].rsplit(":", 1)[0]
-    except ValueError:  # not inside a worker
-        return "127.0.0.1"
+    if worker is None:
+        try:
+            worker = get_worker()
+        except ValueError:  # not inside a task
+            return "127.0.0.1"
+    return get_address_host(worker.address)  # tcp://host:port, or inproc://host/... in this process
 
 
 def _view(job: BlockJob) -> Any:
@@ -282,8 +298,9 @@ def region_text(region: tuple[tuple[int, int], ...] | tuple[slice, ...]) -> str:
 def run_block(job: BlockJob, block: Any) -> tuple[int, int]:
     """Read, normalise, predict, post-process and write one block.
 
-    Runs in a worker process. The block's chunks are written, then its completion marker, so a
-    worker killed half-way leaves the block to be redone, never half-marked.
+    Runs in a worker. The input is read slab by slab on a second thread while the first tiles
+    run (:class:`~ebai.core.blocks.SlabFeed`). The block's chunks are written, then its
+    completion marker, so a worker killed half-way leaves the block to be redone, never half-marked.
 
     Returns
     -------
@@ -291,7 +308,7 @@ def run_block(job: BlockJob, block: Any) -> tuple[int, int]:
         Voxels written, and NaN/Inf values set to 0 inside the block's core (``--nan-policy
         zero``; the halos overlap, so only the core is counted).
     """
-    from ebai.core.blocks import block_region, predict_block
+    from ebai.core.blocks import SlabFeed, block_region, predict_block, slab_bounds
     from ebai.core.largeio import write_block
     from ebai.core.nan_policy import apply_nan_policy, count_nonfinite
 
@@ -299,16 +316,28 @@ def run_block(job: BlockJob, block: Any) -> tuple[int, int]:
     view = _view(job)
     engine = _engine(job)
     read, _, _ = block_region(job.grid, block)
-    raw = view.read(read)
+    first, rest = read[0], read[1:]
+    # the core's voxels inside the region, for counting NaN/Inf once per image (halos overlap)
+    inner = tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(block.core[1:], rest, strict=True))
     zeroed = 0
-    if job.nan_policy == "zero" and count_nonfinite(raw):
-        inner = tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(block.core, read, strict=True))
-        zeroed = count_nonfinite(raw[(slice(None), *inner)])
-    raw, _ = apply_nan_policy(raw, job.nan_policy, f"{job.source!r} at {region_text(read)}")
-    sample = job.spec.normalization.rescale(raw, job.lo, job.hi)
-    del raw
-    core = predict_block(sample, job.grid, block, engine, batch_size=job.batch_size)
-    del sample  # the blend's core is copied out only now, so three region-sized arrays never coexist
+
+    def slab(start: int, stop: int) -> np.ndarray:
+        nonlocal zeroed
+        region = (slice(first.start + start, first.start + stop), *rest)
+        raw = view.read(region)
+        if job.nan_policy == "zero" and count_nonfinite(raw):
+            lo = max(block.core[0][0], first.start + start) - region[0].start
+            hi = min(block.core[0][1], first.start + stop) - region[0].start
+            if hi > lo:
+                zeroed += count_nonfinite(raw[(slice(None), slice(lo, hi), *inner)])
+        raw, _ = apply_nan_policy(raw, job.nan_policy, f"{job.source!r} at {region_text(region)}")
+        return job.spec.normalization.rescale(raw, job.lo, job.hi)
+
+    bounds = slab_bounds(first.start, first.stop, view.chunk_length, job.grid.tile[0])
+    shape = (view.channels, *(r.stop - r.start for r in read))
+    with SlabFeed(shape, bounds, slab) as feed:
+        core = predict_block(feed.sample, job.grid, block, engine, batch_size=job.batch_size, wait=feed.wait)
+    del feed  # the blend's core is copied out only now, so three region-sized arrays never coexist
     if job.adapter is not None:
         result = np.asarray(_postprocess(job)(core))
         if result.ndim == core.ndim - 1:  # the channel axis reduced away (labels): one channel

@@ -173,10 +173,21 @@ def _check(
 
 
 def _batches(
-    padded: np.ndarray, corners: list[tuple[int, ...]], tile: tuple[int, ...], batch_size: int
+    padded: np.ndarray,
+    corners: list[tuple[int, ...]],
+    tile: tuple[int, ...],
+    batch_size: int,
+    wait: Callable[[int], None] | None = None,
 ) -> Iterator[np.ndarray]:
+    """Stack the tiles at ``corners`` into batches; ``wait(stop)`` first, when the array is still being filled.
+
+    ``wait`` is called with the end, along the first spatial axis, of the rows the batch reads
+    (the block path fills its sample slab by slab while the first tiles run).
+    """
     for first in range(0, len(corners), batch_size):
         chunk = corners[first : first + batch_size]
+        if wait is not None:
+            wait(max(c[0] for c in chunk) + tile[0])
         yield np.stack(
             [padded[(slice(None), *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))] for corner in chunk]
         )

@@ -47,7 +47,7 @@ def large_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--block",
             default=None,
             metavar="Z,Y,X",
-            help="Block (and output chunk) size in voxels (default: sized to --block-memory).",
+            help="Block size in voxels (default: sized to --block-memory); output chunks divide it.",
         ),
         click.option(
             "--block-memory",
@@ -60,7 +60,7 @@ def large_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--workers",
             default=None,
             type=click.IntRange(min=1),
-            help="Worker processes of the local Dask cluster (default: cores / 4).",
+            help="Workers of the local Dask cluster (default: cores / 4; one runs inside this process, more as processes).",
         ),
         click.option(
             "--scheduler",
@@ -244,7 +244,7 @@ def run_large(
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
-    from ebai.core.blocks import choose_block, plan_blocks, tile_grid
+    from ebai.core.blocks import choose_block, output_chunks, plan_blocks, tile_grid
     from ebai.core.commands._run_setup import load_adapter
     from ebai.core.distributed import (
         BlockJob,
@@ -310,7 +310,7 @@ def run_large(
             carried = {"source": str(path.resolve()), "source_format": image.kind, **image.attrs}
             state = out.create(
                 (channels, *view.shape),
-                (channels, *shape),
+                (channels, *output_chunks(shape)),
                 view.spatial_names(),
                 view.spatial_scale(),
                 view.spatial_units(),
