@@ -28,7 +28,7 @@ For ebai's two rows, both NNCF presets are lowered and the one with the better P
 validation tile is kept, as the accuracy guard does; below 0.99 the accuracy-controlled fallback
 runs, as in ``ebai compress``. Pearson is against the original PyTorch network on a test tile used
 for nothing else. Per network, a per-layer profile (``PERF_COUNT``) of the default, before and after
-models shows where the time goes; where the target is missed, the script says what the profiles
+models (taken in turns, median of rounds) shows where the time goes; where the target is missed, the script says what the profiles
 allow at most (:func:`ceiling`: the convolutions' measured int8 gain with nothing else slower).
 
 Run:  python benchmarks/int8_speed.py [--nets basicunet2d,denoising] [--rounds 5] [--repeats 3] [--json out.json]
@@ -51,7 +51,7 @@ from ebai.core import InputSpec
 from ebai.core.hardware import cpu_info
 from ebai.core.latency import measure_interleaved
 from ebai.core.metrics import pearson
-from ebai.core.profiling import profile_table
+from ebai.core.profiling import LayerProfile, LayerTime, profile_table
 from ebai.openvino import OpenVINOBackend, OpenVINOEngine
 
 MONAI_NETS = ("basicunet2d", "attentionunet2d", "segresnet3d", "basicunet3d")
@@ -219,10 +219,13 @@ def run_network(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     stats = measure_interleaved(
         {k: (lambda e=e: e(x_test)) for k, e in engines.items()}, rounds=args.rounds, repeats=args.repeats, warmup=1
     )
-    profiles = {
-        k: engines[k].profile(x_test, args.profile_calls)
-        for k in ("OpenVINO default", "ebai int8 before", "ebai int8 after")
-    }
+    profiles = interleaved_profiles(
+        engines,
+        ("OpenVINO default", "ebai int8 before", "ebai int8 after"),
+        x_test,
+        args.profile_calls,
+        args.profile_rounds,
+    )
     for engine in engines.values():
         engine.close()
     default = stats["OpenVINO default"].median_s
@@ -253,6 +256,35 @@ def run_network(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     }
 
 
+def interleaved_profiles(
+    engines: dict[str, Any], names: tuple[str, ...], x: np.ndarray, calls: int, rounds: int
+) -> dict[str, LayerProfile]:
+    """Profile the engines ``names`` in turn, ``rounds`` times; per layer group the median over rounds.
+
+    A shared machine's speed drifts by tens of percent within minutes: profiled one after the
+    other, two models would be compared at different moments; in turns, the drift weighs on all.
+    """
+    runs: dict[str, list[LayerProfile]] = {k: [] for k in names}
+    for _ in range(max(1, rounds)):
+        for k in names:
+            runs[k].append(engines[k].profile(x, calls))
+    return {k: median_profile(v) for k, v in runs.items()}
+
+
+def median_profile(profiles: list[LayerProfile]) -> LayerProfile:
+    """Per (layer type, precision) group, the median time over ``profiles`` (0 where a run lacks it)."""
+    first: dict[tuple[str, str], LayerTime] = {}
+    for p in profiles:
+        for g in p.groups:
+            first.setdefault((g.layer_type, g.precision), g)
+    groups = []
+    for key, g in first.items():
+        times = [sum(h.seconds for h in p.groups if (h.layer_type, h.precision) == key) for p in profiles]
+        groups.append(LayerTime(g.layer_type, g.precision, float(np.median(times)), g.layers, g.kernels))
+    groups.sort(key=lambda g: (-g.seconds, g.layer_type, g.precision))
+    return LayerProfile(groups=tuple(groups), calls=sum(p.calls for p in profiles))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", default=",".join(MONAI_NETS + TASKS), help="comma-separated networks")
@@ -261,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--calibration", type=int, default=8, help="calibration tiles for int8")
     ap.add_argument("--settle-steps", type=int, default=8, help="Adam steps settling the MONAI nets' weights")
     ap.add_argument("--profile-calls", type=int, default=5)
+    ap.add_argument("--profile-rounds", type=int, default=3, help="profiles taken in turns; median per layer group")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     cpu = cpu_info()
@@ -271,7 +304,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in [n.strip() for n in args.nets.split(",") if n.strip()]:
             result = run_network(name, args, Path(tmp))
             results.append(result)
-            print(f"\n{name} per-layer profile (ms per call, median of {args.profile_calls} calls):")
+            print(
+                f"\n{name} per-layer profile (ms per call over {args.profile_calls} calls; per layer group, the median "
+                f"of {args.profile_rounds} rounds taken in turns):"
+            )
             print(result["profile"])
             for row in result["rows"]:
                 print(f"  {_row_line(name, row)}")
