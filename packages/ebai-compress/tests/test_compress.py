@@ -94,6 +94,33 @@ def test_compress_prunes_distills_lowers_and_verifies(tmp_path, images2d):
     assert art2.manifest.pruning is None and art2.manifest.targets[0].fidelity.pearson > 0.9999
 
 
+def test_pruning_in_rounds_distils_after_each_cut(tmp_path, images2d):
+    plan = recipe(BASE, prune={"method": "l1", "ratio": 0.5, "rounds": 2, "round_to": 1})
+    art = compress(source(), ArraySource(images2d), plan, tmp_path / "r.ebai", backends={"ort": OrtBackend()})
+    m = art.manifest
+    # two cuts of the channels left, 25% then a third of the rest: half of the original in all
+    assert m.pruning["rounds"] == 2 and [r["ratio"] for r in m.pruning["per_round"]] == [0.25, 0.3333]
+    one_cut = compress(
+        source(), ArraySource(images2d), recipe(BASE, prune={"method": "l1", "ratio": 0.5, "round_to": 1}),
+        tmp_path / "o.ebai", backends={"ort": OrtBackend()},
+    ).manifest  # fmt: skip
+    assert m.pruning["channels"] == one_cut.pruning["channels"]  # the same channel counts as one cut
+    assert m.pruning["macs_before"] == one_cut.pruning["macs_before"]
+    assert m.pruning["macs_after"] == m.pruning["per_round"][-1]["macs_after"] < m.pruning["macs_before"]
+    # the step budget is shared: each round distils half of it, and the record sums them
+    rounds = m.fine_tuning["rounds"]
+    assert len(rounds) == 2 and all(r["steps"] <= 3 for r in rounds)
+    assert m.fine_tuning["steps"] == sum(r["steps"] for r in rounds) and m.fine_tuning["budget"] == 6
+    assert m.fine_tuning["pearson_before"] == rounds[0]["pearson_before"]
+    assert m.fine_tuning["pearson_after"] == rounds[-1]["pearson_after"]
+
+
+@pytest.mark.parametrize("rounds", [0, -1, 1.5, True])
+def test_pruning_rounds_must_be_a_positive_whole_number(rounds):
+    with pytest.raises(InputError, match="prune.rounds must be a whole number"):
+        recipe(BASE, prune={"method": "l1", "rounds": rounds})
+
+
 def test_guard_rejects_a_noisy_lowering_and_writes_nothing(tmp_path, images2d):
     backend = OrtBackend(noises=(0.5,))
     with pytest.raises(FidelityError) as err:

@@ -244,6 +244,88 @@ def _fine_tune(
     }
 
 
+def _prune_in_rounds(
+    recipe: Recipe,
+    model: Any,
+    original: Any,
+    example: Any,
+    split: SampleSplit,
+    tile: tuple[int, ...],
+    metric: Callable[[np.ndarray, np.ndarray], float],
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Prune to ``recipe.prune.ratio`` in ``recipe.prune.rounds`` equal cuts, distilling after each.
+
+    After round ``i`` each layer keeps ``1 - ratio * i / rounds`` of its original channels (rounded
+    to ``round_to`` at the last cut); the distillation's steps and time budget are shared equally. The records read as one pruning (MACs
+    and channels from the original to the last cut) and one distillation (steps and seconds summed,
+    fidelity before the first and after the last), each with its per-round details.
+    """
+    settings, tuning = recipe.prune, recipe.fine_tune
+    rounds = settings.rounds
+    share = replace(
+        tuning,
+        steps=max(1, tuning.steps // rounds),
+        budget_minutes=None if tuning.budget_minutes is None else tuning.budget_minutes / rounds,
+    )
+    cuts: list[dict[str, Any]] = []
+    tunes: list[dict[str, Any]] = []
+    results = []
+
+    def step_ratio(total: float, i: int) -> float:
+        # of the channels left after round i-1, the share round i removes
+        return 1.0 - (1.0 - total * i / rounds) / (1.0 - total * (i - 1) / rounds)
+
+    for i in range(1, rounds + 1):
+        cut = replace(
+            settings,
+            ratio=step_ratio(settings.ratio, i),
+            layer_ratios={k: step_ratio(v, i) for k, v in settings.layer_ratios.items()},
+            rounds=1,
+            # channel counts are rounded at the last cut only: rounded at every cut, a 16-channel
+            # layer would lose its 8 channels in the first round and the rounds would be for nothing
+            round_to=settings.round_to if i == rounds else 1,
+        )
+        pruned = prune(model, example, cut)
+        results.append(pruned)
+        model, tuned = _fine_tune(replace(recipe, fine_tune=share), pruned.model, original, split, tile, metric)
+        cuts.append({"ratio": round(cut.ratio, 4), "macs_after": pruned.macs_after})
+        tunes.append(tuned or {})
+        logger.info(
+            "pruning round %d/%d: %.0f%% of the original channels left, validation pearson %.4f after %d steps",
+            i,
+            rounds,
+            100 * (1 - settings.ratio * i / rounds),
+            (tuned or {}).get("pearson_after", float("nan")),
+            (tuned or {}).get("steps", 0),
+        )
+    first, last = results[0], results[-1]
+    pruning = last.to_dict()
+    channels_before = first.channels
+    pruning.update(
+        {
+            "ratio": settings.ratio,
+            "rounds": rounds,
+            "per_round": cuts,
+            "macs_before": first.macs_before,
+            "params_before": first.params_before,
+            "mac_reduction": round(first.macs_before / max(last.macs_after, 1), 3),
+            "channels": {k: [channels_before.get(k, v)[0], v[1]] for k, v in last.channels.items()},
+        }
+    )
+    fine_tuning = dict(tunes[-1])
+    fine_tuning.update(
+        {
+            "steps": sum(t.get("steps", 0) for t in tunes),
+            "budget": tuning.steps,
+            "seconds": round(sum(t.get("seconds", 0.0) for t in tunes), 2),
+            "pearson_before": tunes[0].get("pearson_before"),
+            "loss_before": tunes[0].get("loss_before"),
+            "rounds": [{k: t.get(k) for k in ("steps", "pearson_before", "pearson_after", "seconds")} for t in tunes],
+        }
+    )
+    return model, pruning, fine_tuning
+
+
 def _copy(original: Any, source: ModelSource) -> Any:
     """Return a second copy of the original network to prune and train.
 
@@ -656,11 +738,21 @@ def compress(
         )
         model, pruning = found.model, {**found.pruning, "search": found.to_dict()}
         fine_tuning = found.fine_tuning if recipe.fine_tune.enabled else None
+    elif (
+        recipe.prune.enabled
+        and recipe.prune.rounds > 1
+        and recipe.fine_tune.enabled
+        and recipe.fine_tune.method == "distill"
+    ):
+        model, pruning, fine_tuning = _prune_in_rounds(
+            recipe, model, original, example, split, tile, judge.batch_metric()
+        )
     elif recipe.prune.enabled:
         pruned = prune(model, example, recipe.prune)
         model, pruning = pruned.model, pruned.to_dict()
     if (
         not searched
+        and fine_tuning is None
         and recipe.fine_tune.enabled
         and (pruning is not None or recipe.fine_tune.method not in FINE_TUNE_METHODS)
     ):

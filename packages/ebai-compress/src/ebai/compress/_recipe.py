@@ -97,6 +97,14 @@ class PruneSettings:
         kept so the output has the original channels.
     round_to
         Remaining channel counts are multiples of this (8 suits int8 kernels); 1 disables rounding.
+    rounds
+        Steps in which the ratio is reached, each followed by its share of the distillation
+        (``fine_tune.steps`` and its time budget divided between them). Cutting half the channels
+        at once can destroy a network's function, which distillation must then rebuild almost from
+        scratch; cut in steps, each distillation only repairs a small change (the label-free
+        reference network, 50% L1: validation Pearson 0.62 to the original after one cut and 300
+        steps, 0.88 after 5 rounds of 60). Channel counts are rounded to ``round_to`` at the last
+        cut only. 1 cuts at once; a fine-tuning callback runs once, after the last cut.
     """
 
     method: str | None = None
@@ -105,6 +113,7 @@ class PruneSettings:
     layer_ratios: Mapping[str, float] = field(default_factory=dict)
     keep: tuple[str, ...] = ()
     round_to: int = 8
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.method is None:
@@ -126,6 +135,10 @@ class PruneSettings:
             )
         object.__setattr__(self, "round_to", int(self.round_to))
         object.__setattr__(self, "global_pruning", bool(self.global_pruning))
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            _fail(
+                f"prune.rounds must be a whole number of at least 1, got {self.rounds!r}: use e.g. 5, or 1 to cut at once"
+            )
 
     @property
     def enabled(self) -> bool:

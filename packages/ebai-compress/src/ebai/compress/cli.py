@@ -228,6 +228,12 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
     help="Pruning as METHOD:RATIO (l1, l2, fpgm), e.g. l1:0.5, or auto (auto:l1,fpgm to compare criteria): the "
     "largest ratio that keeps --min-fidelity; none unless asked here or in the recipe.",
 )
+@click.option(
+    "--prune-rounds",
+    type=int,
+    help="Reach the pruning ratio in this many steps, each followed by its share of the distillation "
+    "(keeps fragile networks working; default 1: one cut).",
+)
 @click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Lower every target to fp16.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Lower every target to fp32.")
@@ -272,6 +278,7 @@ def compress(
     divisor: int | None,
     data: tuple[str, ...],
     prune_spec: str | None,
+    prune_rounds: int | None,
     precision: str | None,
     targets: tuple[str, ...],
     recipe: str | None,
@@ -307,6 +314,8 @@ def compress(
         methods = changes["prune"].pop("search_methods", None)
         if methods:
             changes["search"] = {"methods": methods}
+    if prune_rounds is not None:
+        changes["prune"] = {**changes.get("prune", {}), "rounds": prune_rounds}
     if budget_minutes is not None:
         changes["search"] = {**changes.get("search", {}), "budget_minutes": budget_minutes}
     if min_fidelity is not None:
