@@ -104,7 +104,8 @@ class PruneSettings:
         scratch; cut in steps, each distillation only repairs a small change (the label-free
         reference network, 50% L1: validation Pearson 0.62 to the original after one cut and 300
         steps, 0.88 after 5 rounds of 60). Channel counts are rounded to ``round_to`` at the last
-        cut only. 1 cuts at once; a fine-tuning callback runs once, after the last cut.
+        cut only. 1 cuts at once, and so does any ``rounds`` without distillation (a fine-tuning
+        callback, or none): there is nothing to repair between cuts.
     """
 
     method: str | None = None

@@ -325,11 +325,10 @@ def run_block(job: BlockJob, block: Any) -> tuple[int, int]:
         nonlocal zeroed
         region = (slice(first.start + start, first.start + stop), *rest)
         raw = view.read(region)
-        if job.nan_policy == "zero" and count_nonfinite(raw):
-            lo = max(block.core[0][0], first.start + start) - region[0].start
-            hi = min(block.core[0][1], first.start + stop) - region[0].start
-            if hi > lo:
-                zeroed += count_nonfinite(raw[(slice(None), slice(lo, hi), *inner)])
+        lo = max(block.core[0][0], first.start + start) - region[0].start
+        hi = min(block.core[0][1], first.start + stop) - region[0].start
+        if job.nan_policy == "zero" and hi > lo:  # counted before they are zeroed, in the core only
+            zeroed += count_nonfinite(raw[(slice(None), slice(lo, hi), *inner)])
         raw, _ = apply_nan_policy(raw, job.nan_policy, f"{job.source!r} at {region_text(region)}")
         return job.spec.normalization.rescale(raw, job.lo, job.hi)
 
