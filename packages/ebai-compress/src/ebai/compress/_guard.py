@@ -16,7 +16,7 @@ from ebai.core.interfaces import ModelSource
 from ebai.core.manifest import FidelityRecord
 from ebai.core.metrics import max_abs_error, pearson, ssim
 
-__all__ = ["BUILTIN_METRICS", "FidelityJudge", "compare", "run_batches"]
+__all__ = ["BUILTIN_METRICS", "FidelityJudge", "compare", "run_batches", "score_per_tile"]
 
 #: Metrics the guard computes itself; any other name must come from the adapter's ``evaluate``.
 BUILTIN_METRICS = ("pearson", "ssim")
@@ -31,6 +31,17 @@ def run_batches(
         batch = np.stack([np.asarray(t, dtype=np.float32) for t in tiles[start : start + batch_size]])
         outs.append(np.asarray(infer(batch), dtype=np.float32))
     return np.concatenate(outs, axis=0)
+
+
+def score_per_tile(
+    metric: Callable[[np.ndarray, np.ndarray], float], candidate: np.ndarray, reference: np.ndarray
+) -> float:
+    """Mean of ``metric`` over tiles, each scored as a batch of one.
+
+    As accuracy-aware lowering scores its validation pairs, so validation figures from the
+    pipeline, the ``--prune auto`` search and the backend's fallback compare.
+    """
+    return float(np.mean([metric(c[np.newaxis], r[np.newaxis]) for c, r in zip(candidate, reference, strict=True)]))
 
 
 def _ssim(candidate: np.ndarray, reference: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ebai.compress._distillation import distill
-from ebai.compress._guard import FidelityJudge, compare, run_batches
+from ebai.compress._guard import FidelityJudge, compare, run_batches, score_per_tile
 from ebai.compress._onnx_export import ExportResult, export_onnx
 from ebai.compress._pruning import prune
 from ebai.compress._recipe import AUTO, CHANGED_THRESHOLD, FINE_TUNE_METHODS, QatSettings, Recipe, TimingSettings
@@ -776,12 +776,7 @@ def compress(
     )
     # scored per tile and averaged, as accuracy-aware lowering scores its validation pairs
     metric = judge.batch_metric()
-    validation_model = run_batches(run_model, split.validation, _BATCH)
-    validation_score = float(
-        np.mean(
-            [metric(c[np.newaxis], r[np.newaxis]) for c, r in zip(validation_model, validation_original, strict=False)]
-        )
-    )
+    validation_score = score_per_tile(metric, run_batches(run_model, split.validation, _BATCH), validation_original)
     if pruning is not None:
         pruning["fidelity"] = reference_fidelity.to_dict()
     if not reference_fidelity.passed:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ebai.compress._distillation import distill
-from ebai.compress._guard import run_batches
+from ebai.compress._guard import run_batches, score_per_tile
 from ebai.compress._pruning import prune
 from ebai.compress._recipe import FineTuneSettings, PruneSettings, SearchSettings
 from ebai.core.errors import FidelityError
@@ -139,12 +139,7 @@ def search_ratio(
             tuned = distill(
                 pruned.model, original, train, fine_tune, tile=tile, validation=validation, seed=seed, metric=metric
             )
-            outputs = run_batches(torch_infer(tuned.model), list(validation))
-            value = float(
-                np.mean(
-                    [metric(c[np.newaxis], r[np.newaxis]) for c, r in zip(outputs, validation_original, strict=True)]
-                )
-            )
+            value = score_per_tile(metric, run_batches(torch_infer(tuned.model), list(validation)), validation_original)
             # Torch-Pruning leaves layers whole when the ratio would round their channels to nothing, so a
             # larger ratio can cut fewer MACs: such a probe buys nothing and counts as a failure
             smaller = [p["mac_reduction"] for p in probes if p["method"] == method and p["ratio"] < ratio]
