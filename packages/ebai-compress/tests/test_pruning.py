@@ -149,3 +149,10 @@ def test_counting_a_network_with_shared_modules_twice_prints_nothing(capfd):
     # each call site counted once: the same MACs as the network without sharing
     assert first.macs_before == count_macs_and_params(net(shared=False), x)[0]
     assert first.params_before == count_macs_and_params(net(shared=False), x)[1]
+
+
+def test_pruning_works_inside_a_callers_no_grad():
+    """Torch-Pruning traces with autograd; a caller's ``torch.no_grad()`` must not break it."""
+    with torch.no_grad():
+        result = prune(nets.resunet2d(), SHAPE2D, PruneSettings(method="l1", ratio=0.5))
+    assert result.mac_reduction > 2

@@ -366,7 +366,7 @@ def prune(model: Any, example_input: Any, settings: PruneSettings | None = None)
     with torch.no_grad():
         reference_shape = tuple(net(example).shape)
     macs_before, params_before = count_macs_and_params(net, example)
-    with _tracing_friendly(net):
+    with _tracing_friendly(net), torch.enable_grad():  # DepGraph traces with autograd, even under a caller's no_grad
         outputs = output_layers(net, example)
         ignored = {n: net.get_submodule(n) for n in outputs}
         ignored.update(_match(net, settings.keep, "layer to keep"))
