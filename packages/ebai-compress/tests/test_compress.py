@@ -95,13 +95,13 @@ def test_compress_prunes_distills_lowers_and_verifies(tmp_path, images2d):
 
 
 def test_pruning_in_rounds_distils_after_each_cut(tmp_path, images2d):
-    plan = recipe(BASE, prune={"method": "l1", "ratio": 0.5, "rounds": 2, "round_to": 1})
+    plan = recipe(BASE, prune={"method": "l1", "ratio": 0.5, "rounds": 2})
     art = compress(source(), ArraySource(images2d), plan, tmp_path / "r.ebai", backends={"ort": OrtBackend()})
     m = art.manifest
-    # two cuts of the channels left, 25% then a third of the rest: half of the original in all
-    assert m.pruning["rounds"] == 2 and [r["ratio"] for r in m.pruning["per_round"]] == [0.25, 0.3333]
+    # two cuts: three quarters of the channels left, then half
+    assert m.pruning["rounds"] == 2 and [r["left"] for r in m.pruning["per_round"]] == [0.75, 0.5]
     one_cut = compress(
-        source(), ArraySource(images2d), recipe(BASE, prune={"method": "l1", "ratio": 0.5, "round_to": 1}),
+        source(), ArraySource(images2d), recipe(BASE, prune={"method": "l1", "ratio": 0.5}),
         tmp_path / "o.ebai", backends={"ort": OrtBackend()},
     ).manifest  # fmt: skip
     assert m.pruning["channels"] == one_cut.pruning["channels"]  # the same channel counts as one cut
@@ -113,6 +113,34 @@ def test_pruning_in_rounds_distils_after_each_cut(tmp_path, images2d):
     assert m.fine_tuning["steps"] == sum(r["steps"] for r in rounds) and m.fine_tuning["budget"] == 6
     assert m.fine_tuning["pearson_before"] == rounds[0]["pearson_before"]
     assert m.fine_tuning["pearson_after"] == rounds[-1]["pearson_after"]
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_rounds_end_at_the_channels_of_one_cut(global_pruning):
+    """Each round names every layer's own count: equal ratios per round floored the counts round after
+    round (a 32-channel layer of the label-free network ended at 8 of 32 after 5 rounds to 50%)."""
+    import compress_nets
+    import torch
+
+    from ebai.compress import PruneSettings, prune
+    from ebai.compress._pipeline import _round_cut
+
+    net, example = compress_nets.unet3d(), torch.randn(1, 1, 8, 16, 16)
+    settings = PruneSettings(method="l1", ratio=0.5, rounds=5, global_pruning=global_pruning)
+    one = prune(net, example, PruneSettings(method="l1", ratio=0.5, global_pruning=global_pruning))
+    targets = dict(one.channels)
+    current = {n: before for n, (before, _) in targets.items()}
+    model, seen = net, []
+    for i in range(1, 6):
+        result = prune(model, example, _round_cut(settings, targets, current, i))
+        model, current = result.model, {n: after for n, (_, after) in result.channels.items()}
+        seen.append(current)
+    assert current == {n: after for n, (_, after) in targets.items()}
+    for name, (before, after) in targets.items():  # every layer gets there evenly, never below its end
+        counts = [before] + [c[name] for c in seen]
+        assert counts == sorted(counts, reverse=True) and min(counts) == after
+        if before - after >= 5:
+            assert all(a > b for a, b in zip(counts, counts[1:], strict=False)), (name, counts)
 
 
 @pytest.mark.parametrize("rounds", [0, -1, 1.5, True])

@@ -23,7 +23,15 @@ from ebai.compress._distillation import distill
 from ebai.compress._guard import FidelityJudge, compare, run_batches, score_per_tile
 from ebai.compress._onnx_export import ExportResult, export_onnx
 from ebai.compress._pruning import prune
-from ebai.compress._recipe import AUTO, CHANGED_THRESHOLD, FINE_TUNE_METHODS, QatSettings, Recipe, TimingSettings
+from ebai.compress._recipe import (
+    AUTO,
+    CHANGED_THRESHOLD,
+    FINE_TUNE_METHODS,
+    PruneSettings,
+    QatSettings,
+    Recipe,
+    TimingSettings,
+)
 from ebai.compress._samples import SampleSplit, fit_tile, load_samples, split_samples
 from ebai.compress._search import search_ratio
 from ebai.core.artifact import Artifact, ArtifactWriter, package_versions
@@ -244,6 +252,35 @@ def _fine_tune(
     }
 
 
+def _round_cut(
+    settings: PruneSettings, targets: Mapping[str, tuple[int, int]], current: Mapping[str, int], i: int
+) -> PruneSettings:
+    """Return round ``i``'s settings: each layer cut ``i / rounds`` of the way from its original channels to its last.
+
+    Torch-Pruning keeps ``int(channels * (1 - ratio))`` of a layer, so equal ratios per round would
+    floor the counts round after round, and rounding to ``round_to`` at the last cut would floor them
+    again (a 32-channel layer of the label-free network ended at 8 instead of 16 after 5 rounds to 50%).
+    Each round therefore names every layer's own count: layers already there are kept whole.
+    """
+    ratios, keep = {}, list(settings.keep)
+    for name, (before, after) in targets.items():
+        goal = before - round((before - after) * i / settings.rounds)
+        have = current.get(name, before)
+        if goal < have:
+            ratios[name] = 1.0 - (goal + 0.5) / have  # int(have * (1 - ratio)) == goal
+        else:
+            keep.append(name)
+    return replace(
+        settings,
+        ratio=settings.ratio,
+        layer_ratios=ratios,
+        keep=tuple(keep),
+        global_pruning=False,
+        rounds=1,
+        round_to=1,
+    )
+
+
 def _prune_in_rounds(
     recipe: Recipe,
     model: Any,
@@ -255,8 +292,9 @@ def _prune_in_rounds(
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Prune to ``recipe.prune.ratio`` in ``recipe.prune.rounds`` equal cuts, distilling after each.
 
-    After round ``i`` each layer keeps ``1 - ratio * i / rounds`` of its original channels (rounded
-    to ``round_to`` at the last cut); the distillation's steps and time budget are shared equally. The records read as one pruning (MACs
+    The channels each layer ends with are those of one cut at the full ratio (same ranking and
+    rounding); after round ``i`` each layer has gone ``i / rounds`` of the way there. The
+    distillation's steps and time budget are shared equally. The records read as one pruning (MACs
     and channels from the original to the last cut) and one distillation (steps and seconds summed,
     fidelity before the first and after the last), each with its per-round details.
     """
@@ -270,25 +308,19 @@ def _prune_in_rounds(
     cuts: list[dict[str, Any]] = []
     tunes: list[dict[str, Any]] = []
     results = []
-
-    def step_ratio(total: float, i: int) -> float:
-        # of the channels left after round i-1, the share round i removes
-        return 1.0 - (1.0 - total * i / rounds) / (1.0 - total * (i - 1) / rounds)
+    # one cut at the full ratio (the recipe's ranking, global or per layer, and rounding) says how
+    # many channels each layer ends with; the rounds get there in steps
+    final = prune(model, example, replace(settings, rounds=1))
+    targets = dict(final.channels)
+    current = {name: before for name, (before, _) in targets.items()}
 
     for i in range(1, rounds + 1):
-        cut = replace(
-            settings,
-            ratio=step_ratio(settings.ratio, i),
-            layer_ratios={k: step_ratio(v, i) for k, v in settings.layer_ratios.items()},
-            rounds=1,
-            # channel counts are rounded at the last cut only: rounded at every cut, a 16-channel
-            # layer would lose its 8 channels in the first round and the rounds would be for nothing
-            round_to=settings.round_to if i == rounds else 1,
-        )
+        cut = _round_cut(settings, targets, current, i)
         pruned = prune(model, example, cut)
+        current = {name: after for name, (_, after) in pruned.channels.items()}
         results.append(pruned)
         model, tuned = _fine_tune(replace(recipe, fine_tune=share), pruned.model, original, split, tile, metric)
-        cuts.append({"ratio": round(cut.ratio, 4), "macs_after": pruned.macs_after})
+        cuts.append({"left": round(1 - settings.ratio * i / rounds, 4), "macs_after": pruned.macs_after})
         tunes.append(tuned or {})
         logger.info(
             "pruning round %d/%d: %.0f%% of the original channels left, validation pearson %.4f after %d steps",
@@ -304,6 +336,9 @@ def _prune_in_rounds(
     pruning.update(
         {
             "ratio": settings.ratio,
+            "global_pruning": settings.global_pruning,
+            "round_to": settings.round_to,
+            "kept": list(final.kept),
             "rounds": rounds,
             "per_round": cuts,
             "macs_before": first.macs_before,

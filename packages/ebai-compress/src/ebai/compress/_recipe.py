@@ -103,9 +103,11 @@ class PruneSettings:
         at once can destroy a network's function, which distillation must then rebuild almost from
         scratch; cut in steps, each distillation only repairs a small change (the label-free
         reference network, 50% L1: validation Pearson 0.62 to the original after one cut and 300
-        steps, 0.88 after 5 rounds of 60). Channel counts are rounded to ``round_to`` at the last
-        cut only. 1 cuts at once, and so does any ``rounds`` without distillation (a fine-tuning
-        callback, or none): there is nothing to repair between cuts.
+        steps; 0.905-0.925 on held-out volumes after 5 rounds of 120). The rounds end at the
+        channel counts of one cut at the full ratio (``round_to`` included); after round ``i``
+        each layer has gone ``i / rounds`` of the way. 1 cuts at once, and so does any ``rounds``
+        without distillation (a fine-tuning callback, or none): there is nothing to repair between
+        cuts.
     """
 
     method: str | None = None
