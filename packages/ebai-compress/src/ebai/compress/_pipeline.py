@@ -265,14 +265,13 @@ def _round_cut(
     ratios, keep = {}, list(settings.keep)
     for name, (before, after) in targets.items():
         goal = before - round((before - after) * i / settings.rounds)
-        have = current.get(name, before)
+        have = current[name]
         if goal < have:
             ratios[name] = 1.0 - (goal + 0.5) / have  # int(have * (1 - ratio)) == goal
         else:
             keep.append(name)
     return replace(
         settings,
-        ratio=settings.ratio,
         layer_ratios=ratios,
         keep=tuple(keep),
         global_pruning=False,
@@ -307,7 +306,6 @@ def _prune_in_rounds(
     )
     cuts: list[dict[str, Any]] = []
     tunes: list[dict[str, Any]] = []
-    results = []
     # one cut at the full ratio (the recipe's ranking, global or per layer, and rounding) says how
     # many channels each layer ends with; the rounds get there in steps
     final = prune(model, example, replace(settings, rounds=1))
@@ -318,21 +316,20 @@ def _prune_in_rounds(
         cut = _round_cut(settings, targets, current, i)
         pruned = prune(model, example, cut)
         current = {name: after for name, (_, after) in pruned.channels.items()}
-        results.append(pruned)
         model, tuned = _fine_tune(replace(recipe, fine_tune=share), pruned.model, original, split, tile, metric)
-        cuts.append({"left": round(1 - settings.ratio * i / rounds, 4), "macs_after": pruned.macs_after})
+        left = 1 - settings.ratio * i / rounds
+        cuts.append({"left": round(left, 4), "macs_after": pruned.macs_after})
         tunes.append(tuned or {})
         logger.info(
             "pruning round %d/%d: %.0f%% of the original channels left, validation pearson %.4f after %d steps",
             i,
             rounds,
-            100 * (1 - settings.ratio * i / rounds),
+            100 * left,
             (tuned or {}).get("pearson_after", float("nan")),
             (tuned or {}).get("steps", 0),
         )
-    first, last = results[0], results[-1]
-    pruning = last.to_dict()
-    channels_before = first.channels
+    # the original's MACs, parameters and channels are the one cut's "before"; the rest is the last round's
+    pruning = pruned.to_dict()
     pruning.update(
         {
             "ratio": settings.ratio,
@@ -341,10 +338,10 @@ def _prune_in_rounds(
             "kept": list(final.kept),
             "rounds": rounds,
             "per_round": cuts,
-            "macs_before": first.macs_before,
-            "params_before": first.params_before,
-            "mac_reduction": round(first.macs_before / max(last.macs_after, 1), 3),
-            "channels": {k: [channels_before.get(k, v)[0], v[1]] for k, v in last.channels.items()},
+            "macs_before": final.macs_before,
+            "params_before": final.params_before,
+            "mac_reduction": round(final.macs_before / max(pruned.macs_after, 1), 3),
+            "channels": {k: [targets[k][0], after] for k, (_, after) in pruned.channels.items()},
         }
     )
     fine_tuning = dict(tunes[-1])
