@@ -12,6 +12,7 @@ from ebai.compress.cli import parse_prune
 from ebai.core import Artifact
 from ebai.core.data import ArraySource
 from ebai.core.errors import FidelityError, InputError
+from ebai.core.search_curve import curve_lines, plot_curve
 
 pytest.importorskip("onnxruntime")
 
@@ -51,6 +52,12 @@ def test_search_keeps_the_largest_passing_ratio_and_records_the_curve(tmp_path, 
     assert all(p["pearson"] < 0.61 or p["degenerate"] for p in probes if not p["passed"])
     assert m.fine_tuning["method"] == "distill" and m.targets[0].fidelity.passed
     assert all(p["mac_reduction"] > 1 and p["seconds"] >= 0 for p in probes)
+    # the recorded curve is what `ebai info` prints and plots
+    assert search["metric"] == "pearson"
+    lines = curve_lines(search)
+    assert len(lines) == 2 + len(probes) and sum("<- chosen" in line for line in lines) == 1
+    png = plot_curve(search, tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_target_no_ratio_meets_is_one_line_with_the_best_reached(tmp_path, images2d):

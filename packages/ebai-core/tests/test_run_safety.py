@@ -21,6 +21,7 @@ from ebai.core.artifact import MANIFEST, write_artifact
 from ebai.core.cli import cli
 from ebai.core.manifest import DIGEST_KEY, Manifest, TargetRecord
 from ebai.core.plugins import ADAPTERS, BACKENDS, CLI
+from ebai.core.search_curve import curve_lines, metric_name, search_record
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
 HERE = Path(__file__).parent
@@ -370,3 +371,107 @@ def test_info_shows_provenance_without_running_the_source(tmp_path: Path, fake_e
     edit_manifest(art, rehash=False, name="renamed")
     result = invoke("info", art)
     assert result.exit_code == 1 and "does not match its own sha256" in one_error_line(result.output)
+
+
+# ebai info ARTIFACT: the trade-off curve a --prune auto search recorded, printed and plotted
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _probe(method: str, ratio: float, value: float, passed: bool, macs: float, degenerate: bool = False) -> dict:
+    return {
+        "method": method,
+        "ratio": ratio,
+        "pearson": value,
+        "passed": passed,
+        "degenerate": degenerate,
+        "mac_reduction": macs,
+        "params_after": 1000,
+        "steps": 40,
+        "seconds": 3.5,
+    }
+
+
+SEARCH = {
+    "target": 0.98,
+    "metric": "pearson",
+    "chosen": {"method": "l1", "ratio": 0.65},
+    "probes": [
+        _probe("l1", 0.5, 0.9912, True, 3.9),
+        _probe("l1", 0.65, 0.9851, True, 9.5),
+        _probe("l1", 0.8, 0.9402, False, 20.1),
+        _probe("fpgm", 0.5, 0.9890, True, 3.9),
+        _probe("fpgm", 0.65, 0.9731, False, 9.5),
+        _probe("fpgm", 0.8, 0.9910, False, 3.9, degenerate=True),
+    ],
+    "seconds": 289.4,
+    "budget_spent": False,
+}
+
+
+@pytest.fixture
+def info_cli(fake_entry_points) -> None:
+    fake_entry_points({CLI: {"info": "ebai.core.commands.info:info"}})
+
+
+def _searched(tmp_path: Path) -> Path:
+    art = make_artifact(tmp_path / "a.ebai")
+    edit_manifest(art, rehash=True, pruning={"method": "l1", "ratio": 0.65, "search": SEARCH})
+    return art
+
+
+def test_curve_lines_order_probes_and_mark_the_choice() -> None:
+    lines = curve_lines(SEARCH)
+    assert lines[0] == "--prune auto: pearson >= 0.98 against the original; 6 probes in 289 s"
+    rows = lines[2:]
+    assert [r.split()[:2] for r in rows] == [
+        ["fpgm", "0.50"],
+        ["fpgm", "0.65"],
+        ["fpgm", "0.80"],
+        ["l1", "0.50"],
+        ["l1", "0.65"],
+        ["l1", "0.80"],
+    ]
+    assert rows[4].endswith("pass  <- chosen") and "9.50x" in rows[4]
+    assert "fail (cuts no more MACs than a smaller ratio)" in rows[2]
+    assert sum("chosen" in r for r in rows) == 1
+
+
+def test_metric_name_of_a_record_that_does_not_name_it() -> None:
+    # artifacts made before the record named its metric: the probes' one unknown field
+    older = {k: v for k, v in SEARCH.items() if k != "metric"}
+    assert metric_name(older) == "pearson"
+    assert search_record({"method": "l1", "ratio": 0.5}) is None and search_record(None) is None
+
+
+def test_info_prints_the_curve_and_plots_it(tmp_path: Path, info_cli) -> None:
+    art = _searched(tmp_path)
+    result = invoke("info", art)
+    assert result.exit_code == 0, result.output
+    assert '"search"' not in result.output  # the curve is a table, not a JSON line
+    assert "--prune auto: pearson >= 0.98" in result.output and "<- chosen" in result.output
+    png = tmp_path / "out" / "curve.png"
+    result = invoke("info", art, "--plot", png)
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == PNG and f"trade-off curve written to {png}" in result.output
+    # never replaced unasked; the old file stays whole
+    before = png.read_bytes()
+    result = invoke("info", art, "--plot", png)
+    assert result.exit_code == 1 and "already exists: pass --overwrite" in one_error_line(result.output)
+    assert png.read_bytes() == before
+    assert invoke("info", art, "--plot", png, "--overwrite").exit_code == 0
+    assert [p.name for p in png.parent.iterdir()] == ["curve.png"]  # no temporary file left
+
+
+def test_plot_refusals_are_one_line(tmp_path: Path, info_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = make_artifact(tmp_path / "plain.ebai")
+    result = invoke("info", plain, "--plot", tmp_path / "c.png")
+    line = one_error_line(result.output)
+    assert result.exit_code == 1 and "was not pruned with --prune auto" in line and "--min-fidelity" in line
+    result = invoke("info", "--plot", tmp_path / "c.png")
+    assert result.exit_code == 2 and "name the ARTIFACT too" in result.output
+    monkeypatch.setattr("ebai.core.search_curve.figure", lambda *a, **k: None)  # matplotlib not installed
+    result = invoke("info", _searched(tmp_path), "--plot", tmp_path / "c.png")
+    line = one_error_line(result.output)
+    assert result.exit_code == 1 and "needs matplotlib" in line and "ebai-core[plot]" in line
+    assert not (tmp_path / "c.png").exists()

@@ -47,6 +47,8 @@ class SearchResult:
         Every probe: criterion, ratio, validation fidelity, passed, MAC reduction, steps, seconds.
     target
         The fidelity asked for.
+    metric
+        Name of the fidelity metric (the probes' key for it).
     seconds
         Wall time of the search.
     budget_spent
@@ -58,6 +60,7 @@ class SearchResult:
     fine_tuning: dict[str, Any]
     probes: list[dict[str, Any]]
     target: float
+    metric: str
     seconds: float
     budget_spent: bool
 
@@ -65,6 +68,7 @@ class SearchResult:
         """JSON-ready record of the search (the trade-off curve), for the manifest."""
         return {
             "target": self.target,
+            "metric": self.metric,
             "chosen": {"method": self.pruning["method"], "ratio": self.pruning["ratio"]},
             "probes": self.probes,
             "seconds": round(self.seconds, 1),
@@ -192,4 +196,4 @@ def search_ratio(
         len(probes),
         seconds,
     )
-    return SearchResult(model, pruning, tuning, probes, target, seconds, spent)
+    return SearchResult(model, pruning, tuning, probes, target, metric_name, seconds, spent)

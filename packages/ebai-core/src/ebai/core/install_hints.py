@@ -57,6 +57,7 @@ INSTALLS: dict[str, Install] = {
     "mmv_im2im": Install("ebai-adapters", ("mmv_im2im",)),
     "bioio": Install("ebai-adapters", ("bioio",)),
     "bioimageio": Install("ebai-adapters", ("bioimageio",)),
+    "core-plot": Install("ebai-core", ("plot",)),
     "tasks": Install("ebai-tasks"),
     "tasks-report": Install("ebai-tasks", ("report",)),
     "tasks-cellpose": Install("ebai-tasks", ("cellpose",)),

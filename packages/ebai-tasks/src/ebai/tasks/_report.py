@@ -17,6 +17,7 @@ import numpy as np
 
 from ebai.core.files import atomic_dir
 from ebai.core.install_hints import install_line
+from ebai.core.plotting import figure
 from ebai.tasks._table import BASELINES, Row, TaskTable
 
 __all__ = ["energy_note", "format_table", "plot_slices", "plot_table", "report_markdown", "write_report"]
@@ -196,20 +197,9 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_table(table: TaskTable, path: Path) -> bool:
     """Bar charts of latency, energy and accuracy per row, with speed-ups; ``False`` without matplotlib."""
-    fig = _figure(13.0, 0.55 * len(table.rows) + 2.2)
+    fig = figure(13.0, 0.55 * len(table.rows) + 2.2)
     if fig is None:
         return False
     labels = [f"{r.label}\n{r.precision}" for r in table.rows][::-1]
@@ -262,7 +252,7 @@ def plot_slices(table: TaskTable, path: Path) -> bool:
     """Central slices of input, ground truth and results (the paper's Fig. 3); ``False`` without matplotlib."""
     panels = [("input", "input"), ("ground truth", "ground truth")]
     panels += [(key, name) for key, name in _SLICE_ROWS if key in table.slices]
-    fig = _figure(3.2 * len(panels), 3.6)
+    fig = figure(3.2 * len(panels), 3.6)
     if fig is None:
         return False
     axes = fig.subplots(1, len(panels))

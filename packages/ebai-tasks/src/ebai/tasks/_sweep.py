@@ -317,9 +317,9 @@ def format_sweep(result: SweepResult) -> str:
 
 
 def _plot(result: SweepResult, path: Path) -> bool:
-    from ebai.tasks._report import _figure
+    from ebai.core.plotting import figure
 
-    fig = _figure(13.0, 3.8)
+    fig = figure(13.0, 3.8)
     if fig is None:
         return False
     axes = fig.subplots(1, 3)

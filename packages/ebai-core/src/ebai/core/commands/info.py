@@ -8,9 +8,11 @@ from pathlib import Path
 
 import click
 
+from ebai.core.errors import ArtifactError
 from ebai.core.hardware import cpu_info, nvidia_gpus
 from ebai.core.install_hints import install_line
 from ebai.core.plugins import ADAPTERS, BACKENDS, CLI, get_plugin, plugin_names
+from ebai.core.search_curve import curve_lines, plot_curve, search_record
 
 _PACKAGES = (
     "ebai-core",
@@ -103,9 +105,14 @@ def _echo_provenance(data: dict[str, object]) -> None:
     if source:
         shown = json.dumps(source, sort_keys=True)
         click.echo(f"  source (as recorded; never imported or run without --trust-source): {shown}")
+    search = search_record(data["pruning"])  # type: ignore[arg-type]
     for key in ("pruning", "fine_tuning"):
         if data[key]:
-            click.echo(f"  {key.replace('_', '-')}: {json.dumps(data[key], sort_keys=True)}")
+            shown = {k: v for k, v in data[key].items() if k != "search"}  # type: ignore[union-attr]
+            click.echo(f"  {key.replace('_', '-')}: {json.dumps(shown, sort_keys=True)}")
+    if search is not None:
+        for line in curve_lines(search):
+            click.echo(f"  {line}")
     for t in data["targets"]:  # type: ignore[union-attr]
         fid = t["fidelity"]
         guard = (
@@ -119,18 +126,40 @@ def _echo_provenance(data: dict[str, object]) -> None:
 @click.command()
 @click.argument("artifact", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def info(artifact: Path | None, as_json: bool) -> None:
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With an ARTIFACT made by --prune auto: draw its trade-off curve (fidelity vs ratio and MACs) as this PNG.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --plot file.")
+def info(artifact: Path | None, as_json: bool, plot: Path | None, overwrite: bool) -> None:
     """Show installed ebai packages, backends, adapters and this machine's CPU/GPU features.
 
     With ARTIFACT, show where that artifact came from instead (tool versions, source, pruning,
-    fidelity per target), after checking every hash: nothing it names is imported.
+    fidelity per target, and the trade-off curve of a --prune auto search), after checking every
+    hash: nothing it names is imported.
     """
+    if plot is not None and artifact is None:
+        msg = "--plot draws an artifact's --prune auto curve: name the ARTIFACT too"
+        raise click.UsageError(msg)
     if artifact is not None:
         record = provenance(artifact)
+        if plot is not None:
+            search = search_record(record["pruning"])  # type: ignore[arg-type]
+            if search is None:
+                msg = (
+                    f"{artifact} was not pruned with --prune auto, so it has no trade-off curve to plot: "
+                    "compress with --prune auto --min-fidelity F to record one"
+                )
+                raise ArtifactError(msg)
+            plot_curve(search, plot, overwrite=overwrite, title=str(record["name"]))
         if as_json:
             click.echo(json.dumps(record, indent=2))
         else:
             _echo_provenance(record)
+        if plot is not None and not as_json:
+            click.echo(f"trade-off curve written to {plot}")
         return
     data = collect()
     if as_json:
