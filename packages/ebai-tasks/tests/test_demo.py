@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -26,6 +27,8 @@ def test_demo_quick_writes_the_table_and_plots(tmp_path, monkeypatch):
     for row in ("PyTorch eager", "OpenVINO + NNCF", "pruned 50%"):
         assert row in result.output
     assert (out / "README.md").is_file()
+    # the distillation's steps and wall time are quoted beside the pruning
+    assert re.search(r"distillation \d+ steps in \d+\.\d min, Pearson", (out / "README.md").read_text())
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) >= 2
     for png in out.glob("*.png"):
@@ -119,3 +122,20 @@ def test_energies_within_each_others_spread_are_marked():
     note = energy_note(table)
     assert "median of 3 interleaved windows" in note
     assert "~A: 'openvino-f32' and 'openvino-default' lie within each other's spread" in note
+
+
+def test_the_report_distils_in_rounds_within_a_time_budget_and_quick_mode_cuts_at_once():
+    pytest.importorskip("ebai.compress")
+    from ebai.tasks import get_task
+    from ebai.tasks._settings import BenchSettings
+    from ebai.tasks._variants import recipe
+
+    task = get_task("semantic")
+    full = recipe(task, BenchSettings.full(), pruned=True, targets={"openvino": "int8"})
+    assert full.prune.rounds == 5 and full.fine_tune.steps == 1000 and full.fine_tune.budget_minutes == 9.0
+    assert full.fine_tune.schedule == "cosine"
+    quick = recipe(task, BenchSettings.quick(), pruned=True, targets={"openvino": "int8"})
+    assert quick.prune.rounds == 1 and quick.fine_tune.budget_minutes is None and quick.fine_tune.schedule == "constant"
+    assert quick.fine_tune.steps == task.min_distill_steps
+    unpruned = recipe(task, BenchSettings.full(), pruned=False, targets={"openvino": "int8"})
+    assert not unpruned.prune.enabled and unpruned.fine_tune.steps == 0

@@ -111,6 +111,16 @@ def _caption(table: TaskTable) -> str:
     )
 
 
+def _rounds(pruning: dict[str, Any]) -> str:
+    rounds = int(pruning.get("rounds") or 1)
+    return f" over {rounds} pruning rounds" if rounds > 1 else ""
+
+
+def _wall(tuning: dict[str, Any]) -> str:
+    seconds = tuning.get("seconds")
+    return "?" if seconds is None else f"{float(seconds) / 60:.1f} min"
+
+
 def _notes(table: TaskTable) -> list[str]:
     out = [
         f"- Latency: median of {table.settings.get('rounds')} interleaved rounds, one tile per call, after warm-up; "
@@ -127,7 +137,7 @@ def _notes(table: TaskTable) -> list[str]:
         out.append(
             f"- Pruning: {pruning.get('method', '?').upper()} {pruning.get('ratio')} of channels, parameters "
             f"{pruning.get('params_before')} -> {pruning.get('params_after')}, MACs reduced {pruning.get('mac_reduction')}x; "
-            f"distillation {tuning.get('steps')} steps, Pearson to the original on validation tiles "
+            f"distillation {tuning.get('steps')} steps{_rounds(pruning)} in {_wall(tuning)}, Pearson to the original on validation tiles "
             f"{tuning.get('pearson_before', float('nan')):.3f} -> {tuning.get('pearson_after', float('nan')):.3f}."
         )
     for name, rec in table.compression.items():

@@ -79,8 +79,18 @@ def recipe(task: Task, settings: BenchSettings, *, pruned: bool, targets: dict[s
     from ebai.compress import CalibrationSettings, FidelitySettings, FineTuneSettings, PruneSettings, Recipe
 
     if pruned:
-        prune = PruneSettings(method=settings.prune_method, ratio=settings.prune_ratio)
-        fine_tune = FineTuneSettings(method="distill", steps=distill_steps(task, settings), eval_every=10, patience=6)
+        rounds = int(settings.prune_rounds)
+        prune = PruneSettings(method=settings.prune_method, ratio=settings.prune_ratio, rounds=rounds)
+        steps = distill_steps(task, settings)
+        fine_tune = FineTuneSettings(
+            method="distill",
+            steps=steps,
+            # one check per 25 steps, patient for 8, where a round gets enough steps to warm up and decay
+            eval_every=10 if rounds == 1 else 25,
+            patience=6 if rounds == 1 else 8,
+            schedule="constant" if rounds == 1 else "cosine",
+            budget_minutes=settings.distill_minutes,
+        )
     else:
         prune = PruneSettings(method="none")
         fine_tune = FineTuneSettings(method="none", steps=0)
@@ -94,6 +104,12 @@ def recipe(task: Task, settings: BenchSettings, *, pruned: bool, targets: dict[s
         targets=tuple(targets),
         precision=dict(targets),
     )
+
+
+def _distill_plan(settings: BenchSettings) -> str:
+    minutes = f" or {settings.distill_minutes:g} min" if settings.distill_minutes else ""
+    rounds = f" over {settings.prune_rounds} pruning rounds" if settings.prune_rounds > 1 else ""
+    return minutes + rounds
 
 
 def compression_record(artifact: Any) -> dict[str, Any]:
@@ -118,6 +134,7 @@ def _short_pruning(pruning: Any) -> Any:
         "macs_after",
         "mac_reduction",
         "fidelity",
+        "rounds",
     )
     return {k: pruning[k] for k in keep if k in pruning}
 
@@ -170,7 +187,7 @@ def open_variants(
     ratio = f"{settings.prune_ratio:.0%}"
     status(
         f"[{task.name}] compressing: prune {ratio} of channels ({settings.prune_method.upper()}), "
-        f"distil up to {distill_steps(task, settings)} steps, int8"
+        f"distil up to {distill_steps(task, settings)} steps{_distill_plan(settings)}, int8"
     )
     art_pruned = compress(
         adapter, data, recipe(task, settings, pruned=True, targets=int8_targets), workdir / "pruned.ebai"

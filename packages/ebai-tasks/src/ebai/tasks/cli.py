@@ -103,7 +103,12 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     check_output(output, overwrite)
     require_compression()
     task = get_task("denoising")
-    settings = BenchSettings.quick(volume=(32, 160, 160)) if quick else BenchSettings.full(volume=(48, 192, 192))
+    # the demo keeps a short distillation (one cut, 150 steps: a few minutes); `ebai report` distils in rounds
+    settings = (
+        BenchSettings.quick(volume=(32, 160, 160))
+        if quick
+        else BenchSettings.full(volume=(48, 192, 192), distill_steps=150, distill_minutes=None, prune_rounds=1)
+    )
     started = time.perf_counter()
     table = measure_task(task, settings, energy=not no_energy, status=_status)
     _echo_table(table)
