@@ -132,10 +132,11 @@ def test_the_report_distils_in_rounds_within_a_time_budget_and_quick_mode_cuts_a
 
     task = get_task("semantic")
     full = recipe(task, BenchSettings.full(), pruned=True, targets={"openvino": "int8"})
-    assert full.prune.rounds == 5 and full.fine_tune.steps == 1000 and full.fine_tune.budget_minutes == 9.0
-    assert full.fine_tune.schedule == "cosine"
+    assert full.prune.rounds == 5 and full.fine_tune.steps == 4000 and full.fine_tune.budget_minutes == 9.0
+    assert full.fine_tune.schedule == "cosine" and full.fine_tune.crop == task.plan.crop == (16, 48, 48)
     quick = recipe(task, BenchSettings.quick(), pruned=True, targets={"openvino": "int8"})
     assert quick.prune.rounds == 1 and quick.fine_tune.budget_minutes is None and quick.fine_tune.schedule == "constant"
+    assert quick.fine_tune.crop is None
     assert quick.fine_tune.steps == task.min_distill_steps
     unpruned = recipe(task, BenchSettings.full(), pruned=False, targets={"openvino": "int8"})
     assert not unpruned.prune.enabled and unpruned.fine_tune.steps == 0

@@ -27,6 +27,7 @@ from ebai.compress._recipe import (
     AUTO,
     CHANGED_THRESHOLD,
     FINE_TUNE_METHODS,
+    FineTuneSettings,
     PruneSettings,
     QatSettings,
     Recipe,
@@ -214,6 +215,21 @@ def _resolve_callback(ref: str) -> Callable[..., Any]:
         msg = f"fine-tuning callback {ref!r} is not a function"
         raise InputError(msg)
     return fn
+
+
+def _distillation_crop(settings: FineTuneSettings, tile: tuple[int, ...], divisor: int) -> tuple[int, ...]:
+    """The crop shape distillation trains on: ``fine_tune.crop`` checked against the model's input, or the tile."""
+    if settings.crop is None:
+        return tile
+    crop = tuple(settings.crop)
+    shown, tile_shown = ",".join(map(str, crop)), ",".join(map(str, tile))
+    if len(crop) != len(tile):
+        msg = f"fine_tune.crop {shown} has {len(crop)} axes but the model's tile {tile_shown} has {len(tile)}: give one size per spatial axis"
+        raise InputError(msg)
+    if any(c % max(1, divisor) for c in crop):
+        msg = f"fine_tune.crop {shown} does not fit this model, which takes only multiples of {divisor} per axis: e.g. {','.join(str(max(divisor, c - c % divisor)) for c in crop)}"
+        raise InputError(msg)
+    return crop
 
 
 def _fine_tune(
@@ -718,6 +734,7 @@ def compress(
     chosen = _backends(recipe, backends)
     spec = model_source.input_spec
     tile = tuple(spec.tile)
+    crop = _distillation_crop(recipe.fine_tune, tile, spec.divisor)
 
     samples = load_samples(model_source, data_source)
     split = split_samples(
@@ -765,7 +782,7 @@ def compress(
             search=recipe.search,
             target=recipe.fidelity.threshold or CHANGED_THRESHOLD,
             metric_name=judge.metric,
-            tile=tile,
+            tile=crop,
             seed=recipe.seed,
         )
         model, pruning = found.model, {**found.pruning, "search": found.to_dict()}
@@ -777,7 +794,7 @@ def compress(
         and recipe.fine_tune.method == "distill"
     ):
         model, pruning, fine_tuning = _prune_in_rounds(
-            recipe, model, original, example, split, tile, judge.batch_metric()
+            recipe, model, original, example, split, crop, judge.batch_metric()
         )
     elif recipe.prune.enabled:
         pruned = prune(model, example, recipe.prune)
@@ -788,7 +805,7 @@ def compress(
         and recipe.fine_tune.enabled
         and (pruning is not None or recipe.fine_tune.method not in FINE_TUNE_METHODS)
     ):
-        model, fine_tuning = _fine_tune(recipe, model, original, split, tile, judge.batch_metric())
+        model, fine_tuning = _fine_tune(recipe, model, original, split, crop, judge.batch_metric())
     changed = pruning is not None or fine_tuning is not None
     standard = ""
     if recipe.fidelity.threshold is None and not changed:

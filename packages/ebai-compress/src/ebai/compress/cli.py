@@ -246,6 +246,10 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
 @click.option("--steps", type=int, help="Distillation step budget after pruning (0: no fine-tuning).")
 @click.option("--distill-minutes", type=float, help="Distillation time budget in minutes (the best weights are kept).")
 @click.option(
+    "--distill-crop",
+    help="Crop shape distillation trains on, e.g. 16,48,48 (default: the tile); smaller crops buy more steps per minute.",
+)
+@click.option(
     "--min-fidelity",
     type=float,
     help="Lowest accepted fidelity to the original (the guard's metric, Pearson by default); with --prune auto, "
@@ -284,6 +288,7 @@ def compress(
     recipe: str | None,
     steps: int | None,
     distill_minutes: float | None,
+    distill_crop: str | None,
     min_fidelity: float | None,
     budget_minutes: float | None,
     qat: bool | None,
@@ -320,10 +325,9 @@ def compress(
         changes["search"] = {**changes.get("search", {}), "budget_minutes": budget_minutes}
     if min_fidelity is not None:
         changes["fidelity"] = {"threshold": min_fidelity}
-    if steps is not None or distill_minutes is not None:
-        changes["fine_tune"] = {
-            k: v for k, v in (("steps", steps), ("budget_minutes", distill_minutes)) if v is not None
-        }
+    tuning = (("steps", steps), ("budget_minutes", distill_minutes), ("crop", distill_crop))
+    if any(v is not None for _, v in tuning):
+        changes["fine_tune"] = {k: v for k, v in tuning if v is not None}
     if qat is not None or qat_steps is not None:
         changes["qat"] = {k: v for k, v in (("when", _QAT_WHEN.get(qat)), ("steps", qat_steps)) if v is not None}
     if precision:

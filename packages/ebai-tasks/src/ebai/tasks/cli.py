@@ -107,7 +107,13 @@ def demo(quick: bool, output: Path, overwrite: bool, no_energy: bool) -> None:
     settings = (
         BenchSettings.quick(volume=(32, 160, 160))
         if quick
-        else BenchSettings.full(volume=(48, 192, 192), distill_steps=150, distill_minutes=None, prune_rounds=1)
+        else BenchSettings.full(
+            volume=(48, 192, 192),
+            distill_steps=150,
+            distill_minutes=None,
+            prune_rounds=1,
+            distill_on_training_crops=False,
+        )
     )
     started = time.perf_counter()
     table = measure_task(task, settings, energy=not no_energy, status=_status)
