@@ -142,8 +142,12 @@ def error_line(result) -> str:
         (["--prune", "l1:half"], "write METHOD:RATIO"),
         (["--target", "nosuch"], "'nosuch'"),
         (["--prune", "l1:0.5", "--prune-rounds", "0"], "prune.rounds must be a whole number of at least 1"),
+        (
+            ["--prune", "l1:0.5", "--distill-crop", "16,16,16"],
+            "fine_tune.crop 16,16,16 has 3 axes but the model's tile",
+        ),
     ],
-    ids=["ratio-above-1", "ratio-0", "method", "syntax", "backend", "rounds-0"],
+    ids=["ratio-above-1", "ratio-0", "method", "syntax", "backend", "rounds-0", "crop-axes"],
 )
 def test_cli_bad_options_give_one_line_and_write_nothing(tmp_path, images2d, weights, ort_backend, extra, expected):
     data = write_images(tmp_path / "data", images2d)

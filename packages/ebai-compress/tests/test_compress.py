@@ -115,6 +115,35 @@ def test_pruning_in_rounds_distils_after_each_cut(tmp_path, images2d):
     assert m.fine_tuning["pearson_after"] == rounds[-1]["pearson_after"]
 
 
+def test_distillation_trains_on_the_crop_asked_for(tmp_path, images2d):
+    plan = recipe(BASE, fine_tune={"steps": 4, "eval_every": 2, "crop": "16,16"})
+    art = compress(source(), ArraySource(images2d), plan, tmp_path / "c.ebai", backends={"ort": OrtBackend()})
+    assert art.manifest.fine_tuning["crop"] == [16, 16] and art.manifest.fine_tuning["steps"] == 4
+    # validation and the guard still run on whole tiles
+    assert art.manifest.targets[0].fidelity.passed
+
+
+@pytest.mark.parametrize(
+    ("crop", "match"),
+    [
+        (
+            "16,16,16",
+            "fine_tune.crop 16,16,16 has 3 axes but the model's tile 32,32 has 2: give one size per spatial axis",
+        ),
+        ("12,20", "fine_tune.crop 12,20 does not fit this model, which takes only multiples of 8 per axis: e.g. 8,16"),
+        ("16,-4", "fine_tune.crop must be positive sizes, one per spatial axis"),
+        ("a,b", "fine_tune.crop must be positive sizes"),
+    ],
+)
+def test_a_crop_that_does_not_fit_is_one_line_before_any_work(tmp_path, images2d, crop, match):
+    src = TorchAdapter(nets.resunet2d(), axes="bcyx", channels=1, tile=TILE, divisor=8)
+    with pytest.raises(InputError, match=match) as err:
+        plan = recipe(BASE, fine_tune={"crop": crop})
+        compress(src, ArraySource(images2d), plan, tmp_path / "m.ebai", backends={"ort": OrtBackend()})
+    assert "\n" not in str(err.value)
+    assert_nothing_written(tmp_path)
+
+
 @pytest.mark.parametrize("global_pruning", [False, True])
 def test_rounds_end_at_the_channels_of_one_cut(global_pruning):
     """Each round names every layer's own count: equal ratios per round floored the counts round after

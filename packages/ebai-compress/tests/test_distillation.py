@@ -128,3 +128,20 @@ def test_feature_matching_trains_through_the_hidden_layers_and_leaves_no_hooks(i
     assert not any(m._forward_hooks for m in [*student.modules(), *teacher.modules()])
     with pytest.raises(InputError, match="fine_tune.feature_weight must be 0 or more"):
         FineTuneSettings(feature_weight=-1)
+
+
+def test_cosine_schedule_decays_over_the_steps_or_the_time_whichever_ends_first(monkeypatch):
+    """Counted in steps only, a time budget that ran out first left the learning rate high at the end."""
+    from ebai.compress import _distillation
+    from ebai.compress._distillation import _done, _rate
+
+    assert _rate("constant", 0.3) == 1.0
+    assert _rate("cosine", 0.05) == pytest.approx(0.5)  # half way through the warm-up (a tenth of the budget)
+    assert _rate("cosine", 0.1) == pytest.approx(1.0) and _rate("cosine", 0.55) == pytest.approx(0.5)
+    assert _rate("cosine", 1.0) == pytest.approx(0.0)
+    assert _done(49, 100, started=0.0, deadline=None) == 0.5
+    monkeypatch.setattr(_distillation.time, "perf_counter", lambda: 75.0)
+    assert _done(9, 100, started=0.0, deadline=100.0) == pytest.approx(0.75)  # the time decides
+    assert _done(89, 100, started=0.0, deadline=100.0) == pytest.approx(0.9)  # the steps decide
+    monkeypatch.setattr(_distillation.time, "perf_counter", lambda: 130.0)
+    assert _done(9, 100, started=0.0, deadline=100.0) == 1.0

@@ -58,6 +58,8 @@ class DistillResult:
         Whether the time budget (``budget_minutes``) ended training before the step budget.
     selected_by
         What chose the weights kept: the validation ``"loss"``, or the guard's metric.
+    crop
+        Spatial shape of the crops trained on.
     """
 
     model: Any
@@ -72,6 +74,7 @@ class DistillResult:
     seconds: float
     out_of_time: bool = False
     selected_by: str = "loss"
+    crop: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record for the artifact manifest (without the model)."""
@@ -87,6 +90,7 @@ class DistillResult:
             "stopped_early": self.stopped_early,
             "out_of_time": self.out_of_time,
             "selected_by": self.selected_by,
+            "crop": list(self.crop),
             "seconds": round(self.seconds, 2),
         }
 
@@ -357,6 +361,7 @@ def distill(
         seconds=time.perf_counter() - started,
         out_of_time=out_of_time and ran < steps,
         selected_by="loss" if metric is None else getattr(metric, "__name__", "metric"),
+        crop=tuple(int(t) for t in tile),
     )
     logger.info(
         "distillation: %d steps, validation Pearson %.4f -> %.4f%s",

@@ -218,7 +218,7 @@ def _resolve_callback(ref: str) -> Callable[..., Any]:
 
 
 def _distillation_crop(settings: FineTuneSettings, tile: tuple[int, ...], divisor: int) -> tuple[int, ...]:
-    """The crop shape distillation trains on: ``fine_tune.crop`` checked against the model's input, or the tile."""
+    """Return the crop shape distillation trains on: ``fine_tune.crop`` checked against the model's input, or the tile."""
     if settings.crop is None:
         return tile
     crop = tuple(settings.crop)
