@@ -145,3 +145,19 @@ def test_cosine_schedule_decays_over_the_steps_or_the_time_whichever_ends_first(
     assert _done(89, 100, started=0.0, deadline=100.0) == pytest.approx(0.9)  # the steps decide
     monkeypatch.setattr(_distillation.time, "perf_counter", lambda: 130.0)
     assert _done(9, 100, started=0.0, deadline=100.0) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+def test_every_output_channel_counts_whatever_its_scale(kind):
+    """Normalised as one, a channel of large values (cell-probability logits) drowned one of small values (flows)."""
+    from ebai.compress._distillation import _loss_fn
+
+    rng = np.random.default_rng(0)
+    teacher = torch.from_numpy(rng.standard_normal((2, 2, 16, 16)).astype(np.float32))
+    teacher[:, 1] *= 100.0  # channel 1 is 100 times the scale of channel 0
+    loss = _loss_fn(kind)
+    off_small, off_large = teacher.clone(), teacher.clone()
+    off_small[:, 0] += 0.5 * teacher[:, 0].std()  # the same error relative to each channel's own spread
+    off_large[:, 1] += 0.5 * teacher[:, 1].std()
+    assert float(loss(off_small, teacher)) == pytest.approx(float(loss(off_large, teacher)), rel=1e-5)
+    assert float(loss(off_small, teacher)) > 0.05 and float(loss(teacher, teacher)) == 0.0

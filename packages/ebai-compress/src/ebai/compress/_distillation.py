@@ -99,9 +99,13 @@ def _loss_fn(kind: str) -> Any:
     import torch
 
     def loss(student: Any, teacher: Any) -> Any:
+        # per output channel, then averaged: every channel counts, whatever its scale
+        dims = [0, *range(2, teacher.ndim)] if teacher.ndim >= 2 else list(range(teacher.ndim))
         if kind == "mse":
-            return torch.mean((student - teacher) ** 2) / teacher.var().clamp_min(1e-12)
-        return torch.mean(torch.abs(student - teacher)) / teacher.std().clamp_min(1e-6)
+            per = torch.mean((student - teacher) ** 2, dim=dims) / teacher.var(dim=dims).clamp_min(1e-12)
+        else:
+            per = torch.mean(torch.abs(student - teacher), dim=dims) / teacher.std(dim=dims).clamp_min(1e-6)
+        return per.mean()
 
     return loss
 
@@ -225,8 +229,8 @@ def distill(
         Preprocessed images ``(C, *spatial)`` float32; crops of ``tile`` are drawn at random
         (with random flips), images smaller than the tile are padded by reflection.
     settings
-        Step budget, Adam learning rate, loss (``"mse"`` or ``"l1"``, divided by the teacher's
-        output variance or spread), crops per step, and the early stop: every ``eval_every``
+        Step budget, Adam learning rate, loss (``"mse"`` or ``"l1"``, per output channel divided
+        by the teacher's variance or spread of that channel), crops per step, and the early stop: every ``eval_every``
         steps the loss on ``validation`` is measured, and after ``patience`` checks without a
         0.1% improvement training stops, keeping the best weights. As a recipe's ``fine_tune``
         section holds them; its defaults when left out.

@@ -177,8 +177,12 @@ class FineTuneSettings:
     lr
         Adam learning rate.
     loss
-        ``"mse"`` or ``"l1"`` between student and teacher outputs, divided by the teacher's
-        output variance (or spread) so the learning rate does not depend on the output scale.
+        ``"mse"`` or ``"l1"`` between student and teacher outputs, per output channel divided by
+        that channel's variance (or spread) in the teacher's output, then averaged: the learning
+        rate does not depend on the output scale, and a channel of small values counts as much as
+        one of large values (cellpose's flows beside its cell-probability logits: normalised as one,
+        the pruned nuclei network reached validation Pearson 0.977 and AP50 0.9833; per channel
+        0.996 and 0.9917).
     batch_size
         Crops per step.
     eval_every
