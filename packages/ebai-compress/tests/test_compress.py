@@ -131,7 +131,7 @@ def test_distillation_trains_on_the_crop_asked_for(tmp_path, images2d):
             "fine_tune.crop 16,16,16 has 3 axes but the model's tile 32,32 has 2: give one size per spatial axis",
         ),
         ("12,20", "fine_tune.crop 12,20 does not fit this model, which takes only multiples of 8 per axis: e.g. 8,16"),
-        ("16,-4", "fine_tune.crop must be positive sizes, one per spatial axis"),
+        ("16,-4", "fine_tune.crop must be positive sizes separated by commas, one per spatial axis"),
         ("a,b", "fine_tune.crop must be positive sizes"),
     ],
 )

@@ -9,7 +9,7 @@ from typing import Any
 from ebai.adapters._adapter import Adapter, normalization_from
 from ebai.adapters._loading import import_torch, is_factory_ref, module_from_reference
 from ebai.core.errors import InputError
-from ebai.core.specs import InputSpec, Normalization, OutputSpec
+from ebai.core.specs import InputSpec, Normalization, OutputSpec, parse_sizes
 
 __all__ = ["TorchAdapter", "full_axes"]
 
@@ -28,15 +28,9 @@ def full_axes(axes: str) -> str:
 
 
 def _tile(tile: Sequence[int] | int | str, ndim: int) -> tuple[int, ...]:
-    if isinstance(tile, str):
-        try:
-            tile = [int(t) for t in tile.replace("x", ",").split(",") if t.strip()]
-        except ValueError as exc:
-            msg = f"tile {tile!r} is not understood: write sizes separated by commas, e.g. 32,128,128"
-            raise InputError(msg) from exc
-    if isinstance(tile, int):
+    if isinstance(tile, int) and not isinstance(tile, bool):
         return (tile,) * ndim
-    return tuple(int(t) for t in tile)
+    return parse_sizes(tile, "tile")
 
 
 def _absolute_reference(model: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 from ebai.core.configfile import load_yaml, parse_problem
 from ebai.core.errors import InputError
 from ebai.core.interfaces import PRECISIONS
+from ebai.core.specs import parse_sizes
 
 __all__ = [
     "CalibrationSettings",
@@ -149,18 +150,6 @@ class PruneSettings:
         return self.method != "none"
 
 
-def _shape(value: Any, name: str) -> tuple[int, ...]:
-    """``[16, 48, 48]``, ``(16, 48, 48)`` or ``"16,48,48"`` as a tuple of positive ints; one line otherwise."""
-    parts = value.replace("x", ",").split(",") if isinstance(value, str) else value
-    try:
-        shape = tuple(int(str(v).strip()) for v in parts)
-    except (TypeError, ValueError):
-        shape = ()
-    if not shape or any(v < 1 for v in shape):
-        _fail(f"{name} must be positive sizes, one per spatial axis (e.g. 16,48,48), got {value!r}")
-    return shape
-
-
 @dataclass(frozen=True)
 class FineTuneSettings:
     """Recovery of the pruned network's accuracy.
@@ -227,7 +216,7 @@ class FineTuneSettings:
 
     def __post_init__(self) -> None:
         if self.crop is not None:
-            object.__setattr__(self, "crop", _shape(self.crop, "fine_tune.crop"))
+            object.__setattr__(self, "crop", parse_sizes(self.crop, "fine_tune.crop"))
         if isinstance(self.method, str):
             method = self.method.strip()
             if method.lower() in FINE_TUNE_METHODS:

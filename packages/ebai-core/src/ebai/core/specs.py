@@ -6,6 +6,7 @@ without the code that built the model, and without torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,11 +14,36 @@ import numpy as np
 
 from ebai.core.errors import InputError
 
-__all__ = ["NORMALIZATIONS", "InputSpec", "Normalization", "OutputSpec"]
+__all__ = ["NORMALIZATIONS", "InputSpec", "Normalization", "OutputSpec", "parse_sizes"]
 
 _SPATIAL = "tzyx"
 #: Kinds of intensity normalisation (:class:`Normalization`), the one list the CLI options offer too.
 NORMALIZATIONS = ("none", "percentile", "zscore", "minmax")
+
+
+def parse_sizes(value: str | Sequence[int], name: str, ndim: int | None = None) -> tuple[int, ...]:
+    """Read spatial sizes written ``"16,48,48"``, ``"16x48x48"`` or ``[16, 48, 48]``.
+
+    The one reader of every option that takes sizes (``--tile``, ``--block``, ``fine_tune.crop``),
+    so they accept the same spellings and refuse bad ones with the same line. ``ndim``, when
+    given, is the number of sizes required.
+
+    Raises
+    ------
+    InputError
+        For anything but positive whole sizes (``ndim`` of them when given), naming ``name``.
+    """
+    parts = value.replace("x", ",").split(",") if isinstance(value, str) else value
+    try:
+        sizes = tuple(int(str(v).strip()) for v in parts)
+    except (TypeError, ValueError):
+        sizes = ()
+    if not sizes or any(v < 1 for v in sizes) or (ndim is not None and len(sizes) != ndim):
+        count = f"{ndim} " if ndim is not None else ""
+        example = ",".join(("16", "48", "48")[-ndim:] if ndim in (1, 2, 3) else ("16", "48", "48"))
+        msg = f"{name} must be {count}positive sizes separated by commas, one per spatial axis (e.g. {example}), got {value!r}"
+        raise InputError(msg)
+    return sizes
 
 
 @dataclass(frozen=True)

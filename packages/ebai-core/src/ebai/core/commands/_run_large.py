@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from ebai.core.errors import EbaiError, InputError, MissingDependencyError
+from ebai.core.specs import parse_sizes
 
 __all__ = ["block_postprocess", "large_options", "run_large", "split_inputs"]
 
@@ -153,16 +154,7 @@ def _output_path(out_dir: Path, path: Path) -> Path:
 
 
 def _parse_block(text: str | None, ndim: int) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        sizes = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        sizes = ()
-    if len(sizes) != ndim or any(s < 1 for s in sizes):
-        msg = f"--block {text!r} must give {ndim} positive sizes separated by commas, one per spatial axis"
-        raise InputError(msg)
-    return sizes
+    return None if text is None else parse_sizes(text, "--block", ndim)
 
 
 def _log_handlers(out_dir: Path) -> list[logging.Handler]:
