@@ -112,6 +112,21 @@ def test_cli_prune_auto_searches_the_ratio_for_min_fidelity(tmp_path, images2d, 
     assert f"pruning search: l1 at ratio {pruning['ratio']:g} is the largest reaching 0.5" in result.output
 
 
+def test_cli_prune_spare_keeps_the_worst_trades_whole_and_says_which(tmp_path, images2d, weights, ort_backend):
+    data = write_images(tmp_path / "data", images2d)
+    out = tmp_path / "spare.ebai"
+    args = ["--prune", "l1:0.5", "--prune-spare", "0.5", "--steps", 2, "--min-fidelity", -1, "--target", "ort"]
+    result = run(*model_args(weights), "--data", data, *args, "-o", out)
+    assert result.exit_code == 0, result.output
+    from ebai.core import Artifact
+
+    sparing = Artifact.open(out).manifest.pruning["sparing"]
+    assert sparing["share"] == 0.5 and sparing["backend"] == "ort"
+    line = next(line for line in result.output.splitlines() if line.startswith("spared whole: "))
+    assert f"({len(sparing['spared'])} of {len(sparing['layers'])} layers;" in line
+    assert all(name in line for name in sparing["spared"])
+
+
 @pytest.mark.slow
 def test_cli_qat_makes_the_int8_network_by_quantization_aware_training(tmp_path, images2d, weights, ort_backend):
     pytest.importorskip("nncf")
@@ -142,12 +157,24 @@ def error_line(result) -> str:
         (["--prune", "l1:half"], "write METHOD:RATIO"),
         (["--target", "nosuch"], "'nosuch'"),
         (["--prune", "l1:0.5", "--prune-rounds", "0"], "prune.rounds must be a whole number of at least 1"),
+        (["--prune", "l1:0.5", "--prune-spare", "1.5"], "prune.spare must be a share of the time saving in [0, 1)"),
+        (["--prune-spare", "0.2"], "prune.spare needs a pruning ratio to spare layers from"),
         (
             ["--prune", "l1:0.5", "--distill-crop", "16,16,16"],
             "fine_tune.crop 16,16,16 has 3 axes but the model's tile",
         ),
     ],
-    ids=["ratio-above-1", "ratio-0", "method", "syntax", "backend", "rounds-0", "crop-axes"],
+    ids=[
+        "ratio-above-1",
+        "ratio-0",
+        "method",
+        "syntax",
+        "backend",
+        "rounds-0",
+        "spare-1.5",
+        "spare-alone",
+        "crop-axes",
+    ],
 )
 def test_cli_bad_options_give_one_line_and_write_nothing(tmp_path, images2d, weights, ort_backend, extra, expected):
     data = write_images(tmp_path / "data", images2d)

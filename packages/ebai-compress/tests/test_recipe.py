@@ -138,6 +138,14 @@ def test_updated_merges_sections():
     assert r.describe()["prune"]["ratio"] == 0.3
 
 
+def test_pruning_details_without_a_ratio_do_not_turn_pruning_on():
+    # only a ratio (or a method) asks for pruning; rounds alone leave an unpruned recipe unpruned
+    assert not Recipe().updated({"prune": {"rounds": 3}}).prune.enabled
+    with pytest.raises(InputError, match="prune.spare needs a pruning ratio"):
+        Recipe().updated({"prune": {"spare": 0.2}})
+    assert Recipe().updated({"prune": {"ratio": 0.4, "spare": 0.2}}).prune.spare == 0.2
+
+
 def test_unparsable_file(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("prune = [\n")

@@ -35,6 +35,7 @@ from ebai.compress._recipe import (
 )
 from ebai.compress._samples import SampleSplit, fit_tile, load_samples, split_samples
 from ebai.compress._search import search_ratio
+from ebai.compress._sparing import Sparing, backend_timer, spare_layers
 from ebai.core.artifact import Artifact, ArtifactWriter, package_versions
 from ebai.core.errors import BackendUnavailableError, EbaiError, FidelityError, InputError, MissingDependencyError
 from ebai.core.files import check_output
@@ -66,6 +67,8 @@ _VERSIONED = (
     "numpy",
 )
 _BATCH = 4
+#: Calibration tiles each ``prune.spare`` probe is lowered with.
+_PROBE_CALIBRATION = 2
 #: Below this speed-up over the backend's default precision, a compression is said to buy little.
 WORTHWHILE = 1.2
 
@@ -673,6 +676,45 @@ def _time_targets(
     return out
 
 
+def _spare(
+    recipe: Recipe,
+    chosen: Mapping[str, Backend],
+    original: Any,
+    example: Any,
+    split: SampleSplit,
+    validation_original: np.ndarray,
+    judge: FidelityJudge,
+    spec: Any,
+) -> Sparing:
+    """Choose the layers ``prune.spare`` keeps whole, timed on the first target at its precision."""
+    name, backend = next(iter(chosen.items()))
+    precision = recipe.precision_for(name)
+    timer = backend_timer(
+        backend,
+        precision,
+        spec,
+        # latency does not depend on the calibration's statistics: two tiles lower the probes faster
+        [t[np.newaxis] for t in split.calibration[:_PROBE_CALIBRATION]],
+        split.held_out_tiles[0][np.newaxis],
+        opset=recipe.export.opset,
+        exporter=recipe.export.exporter,
+        rounds=recipe.timing.rounds,
+        warmup=recipe.timing.warmup,
+    )
+    return spare_layers(
+        original,
+        example,
+        recipe.prune,
+        split.validation,
+        validation_original,
+        judge.batch_metric(),
+        timer,
+        metric_name=judge.metric,
+        backend=backend.name,
+        precision=precision,
+    )
+
+
 def compress(
     model_source: ModelSource,
     data_source: DataSource,
@@ -766,6 +808,10 @@ def compress(
     pruning: dict[str, Any] | None = None
     fine_tuning: dict[str, Any] | None = None
     searched = recipe.prune.method == AUTO
+    sparing: Sparing | None = None
+    if recipe.prune.enabled and recipe.prune.spare:
+        sparing = _spare(recipe, chosen, original, example, split, validation_original, judge, spec)
+        recipe = replace(recipe, prune=replace(recipe.prune, keep=(*recipe.prune.keep, *sparing.spared)))
     if searched:
         if not (recipe.fine_tune.method == "distill" or not recipe.fine_tune.enabled):
             msg = "prune.method auto distils every probe itself: use fine_tune.method distill (or none) with it"
@@ -806,6 +852,8 @@ def compress(
         and (pruning is not None or recipe.fine_tune.method not in FINE_TUNE_METHODS)
     ):
         model, fine_tuning = _fine_tune(recipe, model, original, split, crop, judge.batch_metric())
+    if pruning is not None and sparing is not None:
+        pruning["sparing"] = sparing.to_dict()
     changed = pruning is not None or fine_tuning is not None
     standard = ""
     if recipe.fidelity.threshold is None and not changed:

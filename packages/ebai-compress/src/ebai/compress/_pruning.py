@@ -26,7 +26,7 @@ from typing import Any
 from ebai.compress._recipe import PRUNE_METHODS, PruneSettings
 from ebai.core.errors import InputError
 
-__all__ = ["PruneResult", "count_macs_and_params", "output_layers", "prune"]
+__all__ = ["PruneResult", "count_macs_and_params", "output_layers", "prunable_layers", "prune"]
 
 logger = logging.getLogger("ebai")
 
@@ -196,6 +196,17 @@ def _match(model: Any, patterns: Sequence[str], what: str) -> dict[str, Any]:
             raise InputError(msg)
         out.update(hits)
     return out
+
+
+def prunable_layers(model: Any, keep: Sequence[str] = ()) -> list[str]:
+    """Names of the convolution and linear layers, in network order, outside the modules in ``keep``.
+
+    ``keep`` holds module names or globs, as ``prune.keep`` does; a kept module keeps every layer
+    inside it. Unknown names are refused with one line.
+    """
+    kept = _match(model, keep, "layer to keep") if keep else {}
+    inside = {id(sub) for module in kept.values() for sub in module.modules()}
+    return [n for n, m in model.named_modules() if n and _prunable(m) and id(m) not in inside]
 
 
 @contextlib.contextmanager

@@ -135,6 +135,13 @@ def summary(manifest: Any, path: Path) -> str:
                 f"{search['target']:g} after distillation ({len(search['probes'])} probes in {search['seconds']:.0f} s: "
                 f"{probes})"
             )
+        sparing = pruning.get("sparing")
+        if sparing:
+            lines.append(
+                f"spared whole: {', '.join(sparing['spared']) or 'none'} ({len(sparing['spared'])} of "
+                f"{len(sparing['layers'])} layers; {sparing['given_up_ms']:.2f} of {sparing['saved_ms']:.2f} ms of "
+                f"single-layer savings on {sparing['backend']} {sparing['precision']} given up)"
+            )
         ref = pruning.get("fidelity") or {}
         if ref:
             lines.append(f"pruned fp32 vs original: pearson {ref['pearson']:.4f}, max error {ref['max_abs_error']:.3g}")
@@ -234,6 +241,12 @@ def _timing_line(key: str, backend: str, timing: Any) -> str:
     help="Reach the pruning ratio in this many steps, each followed by its share of the distillation "
     "(keeps fragile networks working; default 1: one cut).",
 )
+@click.option(
+    "--prune-spare",
+    type=float,
+    help="Keep whole the layers whose cut costs the most fidelity per millisecond saved (each cut alone and timed "
+    "on the target), giving up at most this share of the time saving, e.g. 0.2 (default 0: prune every layer).",
+)
 @click.option("--int8", "precision", flag_value="int8", help="Lower every target to int8.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Lower every target to fp16.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Lower every target to fp32.")
@@ -283,6 +296,7 @@ def compress(
     data: tuple[str, ...],
     prune_spec: str | None,
     prune_rounds: int | None,
+    prune_spare: float | None,
     precision: str | None,
     targets: tuple[str, ...],
     recipe: str | None,
@@ -321,6 +335,8 @@ def compress(
             changes["search"] = {"methods": methods}
     if prune_rounds is not None:
         changes["prune"] = {**changes.get("prune", {}), "rounds": prune_rounds}
+    if prune_spare is not None:
+        changes["prune"] = {**changes.get("prune", {}), "spare": prune_spare}
     if budget_minutes is not None:
         changes["search"] = {**changes.get("search", {}), "budget_minutes": budget_minutes}
     if min_fidelity is not None:

@@ -116,6 +116,17 @@ def _rounds(pruning: dict[str, Any]) -> str:
     return f" over {rounds} pruning rounds" if rounds > 1 else ""
 
 
+def _spared(pruning: dict[str, Any]) -> str:
+    sparing = pruning.get("sparing")
+    if not sparing:
+        return ""
+    names = ", ".join(sparing.get("spared") or []) or "none"
+    return (
+        f", layers kept whole (prune.spare {sparing.get('share')}): {names}, giving up {sparing.get('given_up_ms')} of "
+        f"{sparing.get('saved_ms')} ms of single-layer savings measured on {sparing.get('backend')} {sparing.get('precision')}"
+    )
+
+
 def _wall(tuning: dict[str, Any]) -> str:
     seconds = tuning.get("seconds")
     return "?" if seconds is None else f"{float(seconds) / 60:.1f} min"
@@ -136,7 +147,7 @@ def _notes(table: TaskTable) -> list[str]:
     if pruning:
         out.append(
             f"- Pruning: {pruning.get('method', '?').upper()} {pruning.get('ratio')} of channels, parameters "
-            f"{pruning.get('params_before')} -> {pruning.get('params_after')}, MACs reduced {pruning.get('mac_reduction')}x; "
+            f"{pruning.get('params_before')} -> {pruning.get('params_after')}, MACs reduced {pruning.get('mac_reduction')}x{_spared(pruning)}; "
             f"distillation {tuning.get('steps')} steps{_rounds(pruning)} in {_wall(tuning)}, Pearson to the original on validation tiles "
             f"{tuning.get('pearson_before', float('nan')):.3f} -> {tuning.get('pearson_after', float('nan')):.3f}."
         )

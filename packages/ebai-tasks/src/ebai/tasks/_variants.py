@@ -80,7 +80,9 @@ def recipe(task: Task, settings: BenchSettings, *, pruned: bool, targets: dict[s
 
     if pruned:
         rounds = int(settings.prune_rounds)
-        prune = PruneSettings(method=settings.prune_method, ratio=settings.prune_ratio, rounds=rounds)
+        prune = PruneSettings(
+            method=settings.prune_method, ratio=settings.prune_ratio, rounds=rounds, spare=settings.prune_spare
+        )
         steps = distill_steps(task, settings)
         fine_tune = FineTuneSettings(
             method="distill",
@@ -114,6 +116,12 @@ def _distill_plan(settings: BenchSettings) -> str:
     return minutes + rounds
 
 
+def _spare_plan(settings: BenchSettings) -> str:
+    if not settings.prune_spare:
+        return ""
+    return f" sparing the layers worth up to {settings.prune_spare:.0%} of the time saved"
+
+
 def compression_record(artifact: Any) -> dict[str, Any]:
     """Return what the report keeps of a compressed artifact: pruning, distillation, guard verdicts."""
     m = artifact.manifest
@@ -138,7 +146,11 @@ def _short_pruning(pruning: Any) -> Any:
         "fidelity",
         "rounds",
     )
-    return {k: pruning[k] for k in keep if k in pruning}
+    short = {k: pruning[k] for k in keep if k in pruning}
+    sparing = pruning.get("sparing")
+    if sparing:  # the choice, without the per-layer measurements (they stay in the artifact)
+        short["sparing"] = {k: v for k, v in sparing.items() if k != "layers"}
+    return short
 
 
 def _count_parameters(module: Any) -> int:
@@ -188,7 +200,7 @@ def open_variants(
 
     ratio = f"{settings.prune_ratio:.0%}"
     status(
-        f"[{task.name}] compressing: prune {ratio} of channels ({settings.prune_method.upper()}), "
+        f"[{task.name}] compressing: prune {ratio} of channels ({settings.prune_method.upper()}){_spare_plan(settings)}, "
         f"distil up to {distill_steps(task, settings)} steps{_distill_plan(settings)}, int8"
     )
     art_pruned = compress(
