@@ -134,9 +134,39 @@ def test_the_report_distils_in_rounds_within_a_time_budget_and_quick_mode_cuts_a
     full = recipe(task, BenchSettings.full(), pruned=True, targets={"openvino": "int8"})
     assert full.prune.rounds == 5 and full.fine_tune.steps == 4000 and full.fine_tune.budget_minutes == 9.0
     assert full.fine_tune.schedule == "cosine" and full.fine_tune.crop == task.plan.crop == (16, 48, 48)
+    assert full.prune.spare == 0.2  # the worst trades kept whole, measured on the int8 target
     quick = recipe(task, BenchSettings.quick(), pruned=True, targets={"openvino": "int8"})
     assert quick.prune.rounds == 1 and quick.fine_tune.budget_minutes is None and quick.fine_tune.schedule == "constant"
+    assert quick.prune.spare == 0.0
     assert quick.fine_tune.crop is None
     assert quick.fine_tune.steps == task.min_distill_steps
     unpruned = recipe(task, BenchSettings.full(), pruned=False, targets={"openvino": "int8"})
     assert not unpruned.prune.enabled and unpruned.fine_tune.steps == 0
+
+
+def test_the_report_names_the_layers_kept_whole_and_the_time_given_up():
+    from dataclasses import replace
+
+    from ebai.tasks._report import _notes
+    from ebai.tasks._variants import _short_pruning
+
+    pruning = {
+        "method": "l1",
+        "ratio": 0.5,
+        "mac_reduction": 1.6,
+        "sparing": {
+            "share": 0.2,
+            "spared": ["body.convs.1.0", "body.down.0"],
+            "given_up_ms": 0.48,
+            "saved_ms": 2.53,
+            "backend": "openvino",
+            "precision": "int8",
+            "layers": [{"layer": "body.convs.1.0"}],
+        },
+    }
+    short = _short_pruning(pruning)
+    assert "layers" not in short["sparing"]  # the per-layer measurements stay in the artifact
+    table = replace(_table([], {"rounds": 3}), compression={"pruned-int8": {"pruning": short, "fine_tuning": {}}})
+    line = next(n for n in _notes(table) if n.startswith("- Pruning:"))
+    assert "layers kept whole (prune.spare 0.2): body.convs.1.0, body.down.0, giving up 0.48 of 2.53 ms" in line
+    assert "measured on openvino int8" in line
