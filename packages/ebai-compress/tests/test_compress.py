@@ -152,7 +152,7 @@ def test_rounds_end_at_the_channels_of_one_cut(global_pruning):
     import torch
 
     from ebai.compress import PruneSettings, prune
-    from ebai.compress._pipeline import _round_cut
+    from ebai.compress._rounds import round_cut
 
     net, example = compress_nets.unet3d(), torch.randn(1, 1, 8, 16, 16)
     settings = PruneSettings(method="l1", ratio=0.5, rounds=5, global_pruning=global_pruning)
@@ -161,7 +161,7 @@ def test_rounds_end_at_the_channels_of_one_cut(global_pruning):
     current = {n: before for n, (before, _) in targets.items()}
     model, seen = net, []
     for i in range(1, 6):
-        result = prune(model, example, _round_cut(settings, targets, current, i))
+        result = prune(model, example, round_cut(settings, targets, current, i))
         model, current = result.model, {n: after for n, (_, after) in result.channels.items()}
         seen.append(current)
     assert current == {n: after for n, (_, after) in targets.items()}

@@ -60,6 +60,24 @@ def test_search_keeps_the_largest_passing_ratio_and_records_the_curve(tmp_path, 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_probe_is_cut_in_the_rounds_asked_for(tmp_path, images2d):
+    plan = Recipe.from_dict(
+        {
+            **AUTO,
+            "prune": {"method": "auto", "rounds": 2},
+            "search": {"low": 0.5, "high": 0.5, "step": 0.25, "margin": 0.0},
+            "fidelity": {"tiles": 4, "threshold": -1.0},
+        }
+    )
+    compress(source(), ArraySource(images2d), plan, tmp_path / "r.ebai", backends={"ort": OrtBackend()})
+    m = Artifact.open(tmp_path / "r.ebai").manifest
+    (probe,) = m.pruning["search"]["probes"]
+    # the probe, and so the network kept, was cut in two rounds with half the steps after each
+    assert m.pruning["rounds"] == 2 and [r["left"] for r in m.pruning["per_round"]] == [0.75, 0.5]
+    assert [r["steps"] <= 2 for r in m.fine_tuning["rounds"]] == [True, True]
+    assert probe["steps"] == m.fine_tuning["steps"] and probe["mac_reduction"] == m.pruning["mac_reduction"]
+
+
 def test_a_target_no_ratio_meets_is_one_line_with_the_best_reached(tmp_path, images2d):
     plan = Recipe.from_dict({**AUTO, "fidelity": {"tiles": 4, "threshold": 0.99999}})
     with pytest.raises(FidelityError) as err:

@@ -25,6 +25,7 @@ from ebai.compress._distillation import distill
 from ebai.compress._guard import run_batches, score_per_tile
 from ebai.compress._pruning import prune
 from ebai.compress._recipe import FineTuneSettings, PruneSettings, SearchSettings
+from ebai.compress._rounds import prune_in_rounds
 from ebai.core.errors import FidelityError
 from ebai.core.torch_runner import torch_infer
 
@@ -79,6 +80,30 @@ class SearchResult:
 def _grid(settings: SearchSettings) -> list[float]:
     count = int(round((settings.high - settings.low) / settings.step)) + 1
     return [round(settings.low + i * settings.step, 4) for i in range(count)]
+
+
+def _probe(
+    original: Any,
+    example: Any,
+    settings: PruneSettings,
+    fine_tune: FineTuneSettings,
+    train: Sequence[np.ndarray],
+    validation: Sequence[np.ndarray],
+    *,
+    tile: Sequence[int],
+    seed: int,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Prune and distil one probe as a fixed ratio would be: in ``settings.rounds`` cuts, or at once."""
+    if settings.rounds > 1 and fine_tune.enabled:
+        return prune_in_rounds(
+            original, original, example, settings, fine_tune, train, validation, tile=tile, seed=seed, metric=metric
+        )
+    pruned = prune(original, example, settings)
+    tuned = distill(
+        pruned.model, original, train, fine_tune, tile=tile, validation=validation, seed=seed, metric=metric
+    )
+    return tuned.model, pruned.to_dict(), tuned.to_dict()
 
 
 def search_ratio(
@@ -139,15 +164,15 @@ def search_ratio(
             ratio = grid[mid]
             began = time.perf_counter()
             settings = dataclasses.replace(prune_settings, method=method, ratio=ratio)
-            pruned = prune(original, example, settings)
-            tuned = distill(
-                pruned.model, original, train, fine_tune, tile=tile, validation=validation, seed=seed, metric=metric
+            model, pruning, tuning = _probe(
+                original, example, settings, fine_tune, train, validation, tile=tile, seed=seed, metric=metric
             )
-            value = score_per_tile(metric, run_batches(torch_infer(tuned.model), list(validation)), validation_original)
+            value = score_per_tile(metric, run_batches(torch_infer(model), list(validation)), validation_original)
             # Torch-Pruning leaves layers whole when the ratio would round their channels to nothing, so a
             # larger ratio can cut fewer MACs: such a probe buys nothing and counts as a failure
+            reduction = float(pruning["mac_reduction"])
             smaller = [p["mac_reduction"] for p in probes if p["method"] == method and p["ratio"] < ratio]
-            degenerate = bool(smaller) and pruned.mac_reduction <= max(smaller)
+            degenerate = bool(smaller) and round(reduction, 3) <= max(smaller)
             passed = value >= target + search.margin and not degenerate
             scored[(method, ratio)] = value
             probes.append(
@@ -157,9 +182,9 @@ def search_ratio(
                     metric_name: round(value, 5),
                     "passed": passed,
                     "degenerate": degenerate,
-                    "mac_reduction": round(pruned.mac_reduction, 3),
-                    "params_after": pruned.params_after,
-                    "steps": tuned.steps,
+                    "mac_reduction": round(reduction, 3),
+                    "params_after": pruning["params_after"],
+                    "steps": tuning["steps"],
                     "seconds": round(time.perf_counter() - began, 1),
                 }
             )
@@ -168,8 +193,8 @@ def search_ratio(
             )
             if passed:
                 lo = mid
-                if best is None or pruned.mac_reduction > best[0]:
-                    best = (pruned.mac_reduction, tuned.model, pruned.to_dict(), tuned.to_dict())
+                if best is None or reduction > best[0]:
+                    best = (reduction, model, pruning, tuning)
             else:
                 hi = mid
         if spent:
