@@ -22,6 +22,7 @@ from ebai.core.cli import cli
 from ebai.core.manifest import DIGEST_KEY, Manifest, TargetRecord
 from ebai.core.plugins import ADAPTERS, BACKENDS, CLI
 from ebai.core.search_curve import curve_lines, metric_name, search_record
+from ebai.core.sparing_record import sparing_lines, sparing_record
 from ebai.core.specs import InputSpec, Normalization, OutputSpec
 
 HERE = Path(__file__).parent
@@ -475,3 +476,43 @@ def test_plot_refusals_are_one_line(tmp_path: Path, info_cli, monkeypatch: pytes
     line = one_error_line(result.output)
     assert result.exit_code == 1 and "needs matplotlib" in line and "ebai-core[plot]" in line
     assert not (tmp_path / "c.png").exists()
+
+
+# ebai info ARTIFACT: the per-layer costs --prune-spare measured, printed as a table
+
+SPARING = {
+    "share": 0.2,
+    "spared": ["body.convs.1.0"],
+    "given_up_ms": 0.54,
+    "saved_ms": 3.1,
+    "whole_ms": 19.84,
+    "backend": "openvino",
+    "precision": "int8",
+    "metric": "pearson",
+    "seconds": 95.0,
+    "layers": [
+        {"layer": "body.convs.0.0", "fidelity": 0.7611, "loss": 0.2389, "saved_ms": 0.27},
+        {"layer": "body.convs.1.0", "fidelity": 0.2119, "loss": 0.7881, "saved_ms": 0.54},
+        {"layer": "body.sub.down.0", "fidelity": 0.9877, "loss": 0.0123, "saved_ms": 2.29},
+    ],
+}
+
+
+def test_sparing_lines_list_every_layer_in_order_and_mark_those_kept() -> None:
+    lines = sparing_lines(SPARING)
+    assert lines[0].startswith("--prune-spare 0.2: 1 of 3 layers kept whole, 0.54 of 3.10 ms")
+    assert "timed on openvino int8, unpruned 19.84 ms" in lines[0]
+    rows = lines[2:]
+    assert [r.split()[0] for r in rows] == ["body.convs.0.0", "body.convs.1.0", "body.sub.down.0"]
+    assert rows[1].endswith("<- kept whole") and "0.2119" in rows[1] and "0.540" in rows[1]
+    assert sum("kept whole" in r for r in rows) == 1
+    assert sparing_record({"method": "l1"}) is None and sparing_record(None) is None
+
+
+def test_info_prints_the_layers_kept_whole_as_a_table(tmp_path: Path, info_cli) -> None:
+    art = make_artifact(tmp_path / "s.ebai")
+    edit_manifest(art, rehash=True, pruning={"method": "l1", "ratio": 0.5, "sparing": SPARING})
+    result = invoke("info", art)
+    assert result.exit_code == 0, result.output
+    assert '"sparing"' not in result.output and '"ratio": 0.5' in result.output
+    assert "--prune-spare 0.2: 1 of 3 layers kept whole" in result.output and "<- kept whole" in result.output

@@ -13,6 +13,7 @@ from ebai.core.hardware import cpu_info, nvidia_gpus
 from ebai.core.install_hints import install_line
 from ebai.core.plugins import ADAPTERS, BACKENDS, CLI, get_plugin, plugin_names
 from ebai.core.search_curve import curve_lines, plot_curve, search_record
+from ebai.core.sparing_record import sparing_lines, sparing_record
 
 _PACKAGES = (
     "ebai-core",
@@ -106,12 +107,14 @@ def _echo_provenance(data: dict[str, object]) -> None:
         shown = json.dumps(source, sort_keys=True)
         click.echo(f"  source (as recorded; never imported or run without --trust-source): {shown}")
     search = search_record(data["pruning"])  # type: ignore[arg-type]
+    sparing = sparing_record(data["pruning"])  # type: ignore[arg-type]
     for key in ("pruning", "fine_tuning"):
         if data[key]:
-            shown = {k: v for k, v in data[key].items() if k != "search"}  # type: ignore[union-attr]
+            # the search and the per-layer sparing are printed as tables below
+            shown = {k: v for k, v in data[key].items() if k not in ("search", "sparing")}  # type: ignore[union-attr]
             click.echo(f"  {key.replace('_', '-')}: {json.dumps(shown, sort_keys=True)}")
-    if search is not None:
-        for line in curve_lines(search):
+    for lines in (curve_lines(search) if search else [], sparing_lines(sparing) if sparing else []):
+        for line in lines:
             click.echo(f"  {line}")
     for t in data["targets"]:  # type: ignore[union-attr]
         fid = t["fidelity"]
