@@ -13,7 +13,7 @@ from compress_backends import OrtBackend
 from ebai.adapters import TorchAdapter
 from ebai.compress import PruneSettings, Recipe, compress
 from ebai.compress._pruning import count_macs_and_params, prunable_layers, prune
-from ebai.compress._sparing import LayerCost, choose_spared, spare_layers
+from ebai.compress._sparing import LayerCost, choose_spared, resolved, spare_layers
 from ebai.core.data import ArraySource
 from ebai.core.errors import InputError
 from ebai.core.metrics import pearson
@@ -82,6 +82,24 @@ def test_every_layer_is_probed_alone_and_timed_by_the_given_clock():
     record = sparing.to_dict()
     assert record["spared"] == list(sparing.spared) and len(record["layers"]) == len(names)
     assert record["backend"] == "clock" and record["share"] == 0.25
+
+
+def test_savings_within_the_timing_noise_spare_nothing():
+    # 14 layers saving 0.1 ms of 15 ms in all, as on the denoising network: no saving can be told from noise
+    noisy = [cost(f"l{i}", loss=0.3, saved_ms=0.1 / 14 if i % 2 else -0.01) for i in range(14)]
+    assert not resolved(noisy, 15e-3) and resolved(noisy, 1e-3)
+    model = nets.unet3d()
+    example = torch.randn(SHAPE)
+    tiles = [np.random.default_rng(i).standard_normal(SHAPE[1:]).astype(np.float32) for i in range(2)]
+    with torch.no_grad():
+        reference = model(torch.from_numpy(np.stack(tiles))).numpy()
+    sparing = spare_layers(
+        model, example, PruneSettings(method="l1", ratio=0.5, spare=0.5), tiles, reference, pearson,
+        lambda models: dict.fromkeys(models, 1e-3),  # every cut as fast as the whole network
+        metric_name="pearson", backend="clock", precision="fp32",
+    )  # fmt: skip
+    assert sparing.spared == () and sparing.to_dict()["resolved"] is False
+    assert all(c.loss > 0 for c in sparing.costs)  # every layer would have been "free" to keep
 
 
 TILE = (32, 32)

@@ -11,7 +11,8 @@ interleaved rounds as the unpruned network), and the fidelity to the original on
 tiles before any distillation. Layers are then spared (kept whole) in order of fidelity lost per
 second saved, while the time they would have saved stays within ``spare`` of the summed savings.
 A layer whose cut costs no fidelity is never spared; one that saves no time but costs fidelity is
-spared first.
+spared first. When the single-layer savings together come to less than 5% of the unpruned time,
+they cannot be told from timing noise, and no layer is spared.
 
 Single-layer savings do not add up exactly to the saving of cutting every layer (on label-free
 they sum to 7.4 ms against 5.6 ms), so the budget is a share of the summed single-layer savings:
@@ -41,10 +42,12 @@ from ebai.core.interfaces import Backend, Engine
 from ebai.core.latency import measure_interleaved
 from ebai.core.torch_runner import torch_infer
 
-__all__ = ["LayerCost", "Sparing", "backend_timer", "choose_spared", "spare_layers"]
+__all__ = ["LayerCost", "Sparing", "backend_timer", "choose_spared", "resolved", "spare_layers"]
 
 logger = logging.getLogger("ebai")
 
+#: Single-layer savings summing to less than this share of the unpruned time are timing noise.
+_RESOLVABLE = 0.05
 #: Name under which the unpruned network is timed alongside the single-layer cuts.
 _WHOLE = "(unpruned)"
 _BATCH = 4
@@ -137,8 +140,20 @@ class Sparing:
             "precision": self.precision,
             "metric": self.metric,
             "seconds": round(self.seconds, 1),
+            "resolved": resolved(self.costs, self.whole_s),
             "layers": [c.to_dict() for c in self.costs],
         }
+
+
+def resolved(costs: Sequence[LayerCost], whole_s: float) -> bool:
+    """Whether the single-layer savings rise above the timing noise: together at least 5% of the whole time.
+
+    On the denoising reference network (a MONAI UNet whose time goes to a few wide layers) the
+    14 single-layer cuts saved 0.1 ms of 15 ms in all: every saving was noise, so "saves nothing"
+    made every sensitive layer free to keep and the "50%" network ended with 1.05x fewer MACs.
+    On the label-free, nuclei and semantic networks they came to 47-59%.
+    """
+    return sum(max(c.saved_s, 0.0) for c in costs) >= _RESOLVABLE * whole_s
 
 
 def choose_spared(costs: Sequence[LayerCost], share: float) -> tuple[str, ...]:
@@ -146,7 +161,8 @@ def choose_spared(costs: Sequence[LayerCost], share: float) -> tuple[str, ...]:
 
     A layer that saves nothing (``saved_s <= 0``) but loses fidelity costs no time to spare and
     comes first; a layer that loses no fidelity is never spared. A layer too expensive for what
-    is left of the budget is passed over, and cheaper ones after it may still be spared.
+    is left of the budget is passed over, and cheaper ones after it may still be spared. (Whether
+    the savings can be told from noise at all is :func:`resolved`'s question, asked first.)
     """
     budget = share * sum(max(c.saved_s, 0.0) for c in costs)
     lossy = [c for c in costs if c.loss > 0]
@@ -279,7 +295,15 @@ def spare_layers(
         LayerCost(name, fidelity[name], max(perfect - fidelity[name], 0.0), whole - float(medians[name]))
         for name in candidates
     )
-    spared = choose_spared(costs, settings.spare)
+    clear = resolved(costs, whole)
+    spared = choose_spared(costs, settings.spare) if clear else ()
+    if not clear:
+        logger.warning(
+            "prune.spare: the single-layer cuts saved %.3g ms of %.3g ms in all, within the timing noise; "
+            "no layer is kept whole, every layer is pruned at its ratio",
+            sum(max(c.saved_s, 0.0) for c in costs) * 1e3,
+            whole * 1e3,
+        )
     sparing = Sparing(
         share=settings.spare,
         spared=spared,

@@ -121,6 +121,8 @@ def _spared(pruning: dict[str, Any]) -> str:
     if not sparing:
         return ""
     names = ", ".join(sparing.get("spared") or []) or "none"
+    if sparing.get("resolved") is False:
+        names += " (the single-layer savings were within the timing noise)"
     return (
         f", layers kept whole (prune.spare {sparing.get('share')}): {names}, giving up {sparing.get('given_up_ms')} of "
         f"{sparing.get('saved_ms')} ms of single-layer savings measured on {sparing.get('backend')} {sparing.get('precision')}"
