@@ -149,10 +149,10 @@ def resolved(costs: Sequence[LayerCost], whole_s: float) -> bool:
     """Whether the single-layer savings rise above the timing noise: together at least 5% of the whole time.
 
     In one ``ebai report`` run on the denoising reference network (a MONAI UNet), with unit tests
-    running beside it, the single-layer cuts saved 0.1 ms of 15 ms in all: every saving was noise,
+    running beside it, the single-layer cuts saved 0.1 ms of 8.1 ms in all: every saving was noise,
     so "saves nothing" made every sensitive layer free to keep and the "50%" network ended with
     1.05x fewer MACs. Rerun on the idle CPU they saved 4.8 of 16 ms (29%); on the label-free,
-    nuclei and semantic networks 47-59%.
+    nuclei and semantic networks 48-63%.
     """
     return sum(max(c.saved_s, 0.0) for c in costs) >= _RESOLVABLE * whole_s
 
