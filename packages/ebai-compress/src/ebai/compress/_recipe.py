@@ -114,7 +114,7 @@ class PruneSettings:
         cut costs the most fidelity per second saved, in [0, 1); 0 prunes every layer. Each layer
         is cut alone and timed on the first target's backend at its precision, and scored against
         the original on the validation tiles (see :mod:`ebai.compress._sparing`). Label-free
-        reference network, 50%: 0.2 keeps 3 of 14 layers whole.
+        reference network, 50%: 0.2 kept 8 and 4 of its 14 layers whole in two runs.
     """
 
     method: str | None = None

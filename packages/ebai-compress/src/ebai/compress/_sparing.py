@@ -76,6 +76,11 @@ class LayerCost:
     loss: float
     saved_s: float
 
+    @property
+    def gain(self) -> float:
+        """The saving, where there is one: a cut measured slower than the whole network saves nothing."""
+        return max(self.saved_s, 0.0)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record for the manifest."""
         return {
@@ -121,12 +126,12 @@ class Sparing:
     def given_up_s(self) -> float:
         """Summed single-layer savings of the spared layers."""
         spared = set(self.spared)
-        return sum(max(c.saved_s, 0.0) for c in self.costs if c.name in spared)
+        return sum(c.gain for c in self.costs if c.name in spared)
 
     @property
     def saved_s(self) -> float:
         """Summed single-layer savings of every probed layer."""
-        return sum(max(c.saved_s, 0.0) for c in self.costs)
+        return _summed(self.costs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record for the manifest's pruning section."""
@@ -154,7 +159,11 @@ def resolved(costs: Sequence[LayerCost], whole_s: float) -> bool:
     1.05x fewer MACs. Rerun on the idle CPU they saved 4.8 of 16 ms (29%); on the label-free,
     nuclei and semantic networks 48-63%.
     """
-    return sum(max(c.saved_s, 0.0) for c in costs) >= _RESOLVABLE * whole_s
+    return _summed(costs) >= _RESOLVABLE * whole_s
+
+
+def _summed(costs: Sequence[LayerCost]) -> float:
+    return sum(c.gain for c in costs)
 
 
 def choose_spared(costs: Sequence[LayerCost], share: float) -> tuple[str, ...]:
@@ -165,16 +174,15 @@ def choose_spared(costs: Sequence[LayerCost], share: float) -> tuple[str, ...]:
     is left of the budget is passed over, and cheaper ones after it may still be spared. (Whether
     the savings can be told from noise at all is :func:`resolved`'s question, asked first.)
     """
-    budget = share * sum(max(c.saved_s, 0.0) for c in costs)
+    budget = share * _summed(costs)
     lossy = [c for c in costs if c.loss > 0]
     ranked = sorted(lossy, key=lambda c: c.loss / c.saved_s if c.saved_s > 0 else float("inf"), reverse=True)
     spared: list[str] = []
     given = 0.0
     for cost in ranked:
-        price = max(cost.saved_s, 0.0)
-        if given + price <= budget + 1e-15:
+        if given + cost.gain <= budget + 1e-15:
             spared.append(cost.name)
-            given += price
+            given += cost.gain
     return tuple(spared)
 
 
@@ -203,6 +211,8 @@ def backend_timer(
     """
     options = dict(next(iter(backend.variants(precision)), {}))
     example = batch[:1]
+    tiles = list(calibration)
+    lower = backend.lower_module if backend.lowers_module else backend.lower
 
     def time_models(models: Mapping[str, Any]) -> dict[str, float]:
         root = Path(tempfile.mkdtemp(prefix="ebai-spare-"))
@@ -211,25 +221,15 @@ def backend_timer(
             for i, (name, module) in enumerate(models.items()):
                 folder = root / f"probe{i}"
                 folder.mkdir()
-                if backend.lowers_module:
-                    lowering = backend.lower_module(
-                        module,
-                        folder,
-                        precision=precision,
-                        input_spec=input_spec,
-                        calibration=list(calibration),
-                        options=options,
-                    )
-                else:
-                    onnx = export_onnx(module, root / f"probe{i}.onnx", example, opset=opset, exporter=exporter).path
-                    lowering = backend.lower(
-                        onnx,
-                        folder,
-                        precision=precision,
-                        input_spec=input_spec,
-                        calibration=list(calibration),
-                        options=options,
-                    )
+                # a backend that runs torch modules gets the module, any other its ONNX export
+                source = (
+                    module
+                    if backend.lowers_module
+                    else export_onnx(module, root / f"probe{i}.onnx", example, opset=opset, exporter=exporter).path
+                )
+                lowering = lower(
+                    source, folder, precision=precision, input_spec=input_spec, calibration=tiles, options=options
+                )
                 engines[name] = backend.load(folder, lowering)
             calls = {name: (lambda e=engine: e.infer(batch)) for name, engine in engines.items()}
             stats = measure_interleaved(calls, rounds=rounds, repeats=repeats, warmup=warmup)
@@ -302,7 +302,7 @@ def spare_layers(
         logger.warning(
             "prune.spare: the single-layer cuts saved %.3g ms of %.3g ms in all, within the timing noise; "
             "no layer is kept whole, every layer is pruned at its ratio",
-            sum(max(c.saved_s, 0.0) for c in costs) * 1e3,
+            _summed(costs) * 1e3,
             whole * 1e3,
         )
     sparing = Sparing(
