@@ -4,21 +4,22 @@ Benchmarks compare engines by the median of several timed calls after a few unti
 (first calls compile kernels, fill caches and allocate memory); the 95th percentile shows jitter.
 :func:`measure_interleaved` is the one timing loop every comparison in ebai uses (``ebai benchmark``,
 ``ebai demo``, ``ebai report``, ``ebai sweep``): it times several calls round by round, so a change in
-the machine's load during the measurement slows every call alike instead of favouring one.
+the machine's load during the measurement slows every call alike instead of favouring one, and
+:func:`paired_speedup` compares two of them round by round.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ebai.core.errors import InputError
 
-__all__ = ["LatencyStats", "interleave", "measure_interleaved", "measure_latency"]
+__all__ = ["LatencyStats", "interleave", "measure_interleaved", "measure_latency", "paired_speedup"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class LatencyStats:
         Fastest, mean and slowest call.
     repeats
         Number of timed calls (warm-up calls excluded).
+    round_min_s
+        Fastest call of each interleaved round, in round order (empty where the calls were not
+        timed in rounds); what :func:`paired_speedup` compares. Not part of :meth:`to_dict`.
     """
 
     median_s: float
@@ -43,10 +47,13 @@ class LatencyStats:
     mean_s: float
     max_s: float
     repeats: int
+    round_min_s: tuple[float, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_samples(cls, samples: list[float] | np.ndarray) -> LatencyStats:
-        """Summarise durations in seconds (at least one)."""
+    def from_samples(
+        cls, samples: list[float] | np.ndarray, rounds: Sequence[Sequence[float]] | None = None
+    ) -> LatencyStats:
+        """Summarise durations in seconds (at least one); ``rounds`` groups them by interleaved round."""
         t = np.asarray(samples, dtype=np.float64)
         if t.size == 0:
             msg = "latency statistics need at least one timed call"
@@ -58,11 +65,34 @@ class LatencyStats:
             mean_s=float(t.mean()),
             max_s=float(t.max()),
             repeats=int(t.size),
+            round_min_s=tuple(float(min(r)) for r in rounds or () if len(r)),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form used in reports."""
-        return asdict(self)
+        out = asdict(self)
+        out.pop("round_min_s")
+        return out
+
+
+def paired_speedup(reference: LatencyStats, other: LatencyStats) -> float:
+    """How many times faster ``other`` ran than ``reference``: the median over rounds of their ratio.
+
+    Why: a machine whose speed switches between states for seconds at a time (a virtual CPU whose
+    sibling core another tenant loads ran this project's networks 2-2.4x slower for seconds at a
+    time, at random) makes a comparison of two medians depend on how many of each one's calls fell
+    into the slow state. Within one round the two ran moments apart, in the same state, so the ratio
+    of their fastest calls in that round is a fair comparison, and the median over rounds discards
+    the rounds a switch cut through. Both must come from the same :func:`measure_interleaved` call.
+    """
+    a, b = reference.round_min_s, other.round_min_s
+    if not a or len(a) != len(b):
+        msg = (
+            f"a paired speed-up needs two timings from the same interleaved rounds, got {len(a)} and {len(b)} "
+            "rounds: time both in one measure_interleaved call"
+        )
+        raise InputError(msg)
+    return float(np.median(np.asarray(a) / np.asarray(b)))
 
 
 def measure_latency(
@@ -132,13 +162,15 @@ def measure_interleaved(
     if rounds < 1 or repeats < 1 or warmup < 0:
         msg = f"interleaved timing needs rounds >= 1, repeats >= 1 and warmup >= 0, got {rounds}, {repeats}, {warmup}"
         raise InputError(msg)
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+    per_round: dict[str, list[list[float]]] = {name: [] for name in calls}
     for name, fn in interleave(calls, rounds=rounds, warmup=warmup, desc=desc):
+        times = []
         for _ in range(repeats):
             start = timer()
             fn()
-            samples[name].append(timer() - start)
-    return {name: LatencyStats.from_samples(s) for name, s in samples.items()}
+            times.append(timer() - start)
+        per_round[name].append(times)
+    return {name: LatencyStats.from_samples([t for r in rs for t in r], rs) for name, rs in per_round.items()}
 
 
 def interleave(
