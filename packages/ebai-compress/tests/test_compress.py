@@ -365,8 +365,8 @@ def test_each_target_is_timed_against_the_backends_default_precision(tmp_path, i
     timing = target.timing
     assert timing.rounds == 3 and timing.default_precision == "fp32" and timing.batch_shape == (1, 1, *TILE)
     assert timing.median_s > 0 and timing.default_median_s > 0
-    assert timing.speedup == pytest.approx(timing.default_median_s / timing.median_s, rel=1e-3)
-    assert timing.speedup < 1.2 and "buys little" in timing.note and "ort:int8" in timing.note
+    # paired round by round; eight times the work runs well under half the speed
+    assert timing.speedup < 0.6 and "buys little" in timing.note and "ort:int8" in timing.note
     assert notes == [timing.note] and "\n" not in timing.note
     assert Artifact.open(tmp_path / "m.ebai").manifest.targets[0].timing == timing  # kept in manifest.json
     assert sorted(art.manifest.files) == ["ort-int8/model.onnx", "reference.onnx"]  # the default's files are gone

@@ -33,6 +33,17 @@ def test_slow_int8_layers_compares_each_layer_with_its_default_time() -> None:
     )
     assert slow_int8_layers(int8, default) == ["b", "c"]
     assert slow_int8_layers(int8, default, ratio=0.4) == ["a", "b", "c"]
+    # profiles taken in turns: the median of each layer's round-by-round ratio decides; in the
+    # second round the machine ran everything 2.4x slower while the default was profiled
+    slow_default = _profile(
+        ("a", "Convolution", "bf16", 2.4),
+        ("b", "Convolution", "bf16", 2.4),
+        ("c", "MatMul", "bf16", 4.8),
+        ("d", "MVN", "bf16", 2.4),
+    )
+    assert slow_int8_layers([int8, int8, int8], [default, slow_default, default]) == ["b", "c"]
+    with pytest.raises(ValueError, match="in pairs"):
+        slow_int8_layers([int8, int8], [default])
     deconvs = _profile(("x", "ConvolutionBackpropData", "f32", 1.0), ("y", "ConvolutionBackpropData", "bf16", 1.0))
     assert f32_deconvolutions(deconvs) == ["x"]
 

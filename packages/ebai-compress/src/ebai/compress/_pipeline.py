@@ -40,7 +40,7 @@ from ebai.core.artifact import Artifact, ArtifactWriter, package_versions
 from ebai.core.errors import BackendUnavailableError, EbaiError, FidelityError, InputError, MissingDependencyError
 from ebai.core.files import check_output
 from ebai.core.interfaces import Backend, DataSource, Engine, Lowering, ModelSource
-from ebai.core.latency import measure_interleaved
+from ebai.core.latency import measure_interleaved, paired_speedup
 from ebai.core.manifest import FidelityRecord, Manifest, TargetRecord, TimingRecord
 from ebai.core.plugins import get_backend
 from ebai.core.torch_runner import torch_infer
@@ -545,14 +545,14 @@ def _time_targets(
             out.append(None)
             continue
         median, default = stats[target.folder].median_s, stats[key].median_s
-        speedup = default / max(median, 1e-12)
+        speedup = paired_speedup(stats[key], stats[target.folder])
         key_name = f"{target.lowering.backend}:{target.lowering.precision}"
         note = ""
         if speedup < WORTHWHILE:
             note = (
                 f"{key_name} runs {speedup:.2f}x the speed of {target.backend.name} at its default precision "
                 f"({labels[key]}) on this machine ({duration(median)} vs {duration(default)} per call, "
-                f"medians of {settings.rounds} interleaved rounds): under {WORTHWHILE}x, so this compression buys "
+                f"medians of {settings.rounds} interleaved rounds; the speed-up is paired round by round): under {WORTHWHILE}x, so this compression buys "
                 f"little here over running the original network in {target.backend.name}"
             )
             logger.warning("%s", note)

@@ -101,7 +101,10 @@ class TimingRecord:
     default_precision
         What the default computes in here (``bf16`` for OpenVINO on a CPU with AVX-512 BF16).
     speedup
-        ``default_median_s / median_s``.
+        How many times faster than the default the target ran, paired round by round
+        (:func:`ebai.core.latency.paired_speedup`: the median over rounds of the ratio of the two
+        calls in that round; close to ``default_median_s / median_s`` on a steady machine, and
+        fair on one whose speed switches state for seconds at a time).
     rounds
         Interleaved rounds timed.
     batch_shape

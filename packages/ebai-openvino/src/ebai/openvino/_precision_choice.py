@@ -10,8 +10,8 @@ pays only where OpenVINO would otherwise run it in f32 (CPUs without AMX); with 
 and the pixel shuffle is pure cost.
 
 How (:func:`choose`): quantize every layer without rewrites; profile it and the float model at the
-default precision (``PERF_COUNT``, :mod:`ebai.openvino._profile`); keep at the default precision the
-compute layers whose int8 time is above :data:`KEEP_RATIO` of their default time, and rewrite the
+default precision in turns (``PERF_COUNT``, :mod:`ebai.openvino._profile`); keep at the default precision the
+compute layers whose int8 time is above :data:`KEEP_RATIO` of their default time (median over the rounds), and rewrite the
 transposed convolutions that ran in f32; quantize again with those choices; then time the default,
 all-int8 and mixed models in interleaved rounds and keep the int8 model with the largest paired
 speed-up over the default (:func:`ebai.core.latency.paired_speedup`). Where even that is below
@@ -39,19 +39,35 @@ _COMPUTE = ("Convolution", "GroupConvolution", "MatMul", "FullyConnected", "Conv
 _ROUNDS, _REPEATS = 11, 2
 
 
-def slow_int8_layers(int8: LayerProfile, default: LayerProfile, ratio: float = KEEP_RATIO) -> list[str]:
+def slow_int8_layers(
+    int8: LayerProfile | Sequence[LayerProfile],
+    default: LayerProfile | Sequence[LayerProfile],
+    ratio: float = KEEP_RATIO,
+) -> list[str]:
     """Compute layers that ran in int8 in ``int8`` but took more than ``ratio`` x their time in ``default``.
 
-    Layers are matched by name; a layer missing from either profile (fused, rewritten) is left
-    as it is.
+    Given profiles taken in turns (round ``i`` of each, moments apart), each layer's ratio is
+    taken round by round and the median decides, so a machine that switched speed between two
+    profiles does not decide for it. Layers are matched by name; a layer missing from either
+    profile (fused, rewritten) is left as it is.
     """
+    int8_runs = [int8] if isinstance(int8, LayerProfile) else list(int8)
+    default_runs = [default] if isinstance(default, LayerProfile) else list(default)
+    if not int8_runs or len(int8_runs) != len(default_runs):
+        msg = f"slow_int8_layers needs profiles taken in pairs, got {len(int8_runs)} and {len(default_runs)}"
+        raise ValueError(msg)
     out = []
-    for name, (kind, precision, seconds) in int8.layers.items():
-        if kind not in _COMPUTE or precision != "i8" or name not in default.layers:
+    for name, (kind, precision, _) in int8_runs[0].layers.items():
+        if kind not in _COMPUTE or precision != "i8":
             continue
-        _, default_precision, default_seconds = default.layers[name]
-        if default_precision != "i8" and seconds > ratio * default_seconds:
-            out.append(name)
+        ratios = []
+        for i8, df in zip(int8_runs, default_runs, strict=True):
+            if name not in i8.layers or name not in df.layers or df.layers[name][1] == "i8":
+                break
+            ratios.append(i8.layers[name][2] / max(df.layers[name][2], 1e-12))
+        else:
+            if float(np.median(ratios)) > ratio:
+                out.append(name)
     return sorted(out)
 
 
@@ -141,6 +157,7 @@ def choose(
     *,
     ratio: float = KEEP_RATIO,
     profile_calls: int = 5,
+    profile_rounds: int = 3,
 ) -> tuple[Any, PrecisionChoice]:
     """Quantize ``model`` layer by layer where int8 pays on this machine; return the model and the choice.
 
@@ -158,16 +175,22 @@ def choose(
         See :data:`KEEP_RATIO`.
     profile_calls
         Calls each profile is summed over.
+    profile_rounds
+        Profiles of the float and all-int8 models taken in turns; each layer's int8/default ratio
+        is their median.
     """
     from ebai.core.latency import measure_interleaved, paired_speedup
     from ebai.openvino._engine import OpenVINOEngine
 
     all_int8 = quantize(model, ())
+    default_profiles, int8_profiles = [], []
     with OpenVINOEngine(model) as default, OpenVINOEngine(all_int8) as first:
-        default_profile = default.profile(batch, profile_calls)
-        int8_profile = first.profile(batch, profile_calls)
-    keep = slow_int8_layers(int8_profile, default_profile, ratio)
-    deconvs = f32_deconvolutions(int8_profile)
+        for _ in range(profile_rounds):  # in turns: see slow_int8_layers
+            default_profiles.append(default.profile(batch, profile_calls))
+            int8_profiles.append(first.profile(batch, profile_calls))
+    default_profile = default_profiles[0]
+    keep = slow_int8_layers(int8_profiles, default_profiles, ratio)
+    deconvs = f32_deconvolutions(int8_profiles[0])
     candidates: dict[str, Any] = {"all-int8": all_int8}
     rewritten: list[str] = []
     if keep or deconvs:
