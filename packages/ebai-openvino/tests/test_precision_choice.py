@@ -56,6 +56,9 @@ def test_pick_never_chooses_a_model_slower_than_the_default() -> None:
     assert pick({"all-int8": 1.03}) == "default"
     assert pick({"all-int8": 1.06, "mixed": 1.04}) == "all-int8"
     assert pick({"all-int8": 1.2}, margin=1.3) == "default"
+    # the fastest calls must show the edge too, and a candidate failing them gives way to the next
+    assert pick({"all-int8": 1.43}, {"all-int8": 1.03}) == "default"
+    assert pick({"all-int8": 1.4, "mixed": 1.2}, {"all-int8": 1.0, "mixed": 1.1}) == "mixed"
 
 
 def test_benchmark_says_when_an_int8_target_quantized_nothing() -> None:
