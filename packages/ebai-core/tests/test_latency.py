@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -9,16 +11,20 @@ from ebai.core.errors import InputError
 from ebai.core.latency import LatencyStats, measure_interleaved, measure_latency, paired_speedup
 
 
-def test_stats_on_a_fake_clock() -> None:
-    durations = [0.5, 0.1, 0.3, 0.2, 0.4]
+def _clocked(durations: list[float]) -> Callable[[], float]:
+    """A fake clock whose successive calls last ``durations`` seconds, in order."""
     ticks: list[float] = []
     now = 0.0
     for d in durations:
         ticks += [now, now + d]
         now += d + 1.0
     clock = iter(ticks)
+    return lambda: next(clock)
+
+
+def test_stats_on_a_fake_clock() -> None:
     calls = []
-    stats = measure_latency(lambda: calls.append(1), warmup=3, repeats=5, timer=lambda: next(clock))
+    stats = measure_latency(lambda: calls.append(1), warmup=3, repeats=5, timer=_clocked([0.5, 0.1, 0.3, 0.2, 0.4]))
     assert len(calls) == 8  # warm-up calls are made but not timed
     assert stats.repeats == 5
     assert stats.median_s == pytest.approx(0.3)
@@ -62,17 +68,6 @@ def test_interleaved_rounds_alternate_the_calls() -> None:
 def test_interleaved_refuses_empty_rounds() -> None:
     with pytest.raises(InputError, match="rounds >= 1"):
         measure_interleaved({"a": lambda: None}, rounds=0)
-
-
-def _clocked(durations: list[float]):
-    """A fake clock whose successive calls last ``durations`` seconds, in order."""
-    ticks: list[float] = []
-    now = 0.0
-    for d in durations:
-        ticks += [now, now + d]
-        now += d + 1.0
-    clock = iter(ticks)
-    return lambda: next(clock)
 
 
 def test_paired_speedup_is_immune_to_a_machine_that_switches_speed() -> None:
