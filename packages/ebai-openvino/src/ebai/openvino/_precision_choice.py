@@ -126,9 +126,9 @@ class PrecisionChoice:
         }
 
 
-#: How much faster than the default precision an int8 candidate must run (paired speed-up) to be
-#: chosen: on this project's 2-core machine identical models timed side by side differed by a few
-#: percent, so a smaller edge is noise (a BasicUNet 2D chosen "mixed" on a 1-3% edge later ran 0.91x).
+#: How much faster than the default precision an int8 candidate must run, paired and by its fastest
+#: calls, to be chosen: on this project's 2-core machine identical models timed side by side differed
+#: by a few percent, so a smaller edge is noise (a BasicUNet 2D chosen "mixed" on a 1-3% edge later ran 0.91x).
 PICK_MARGIN = 1.05
 
 
