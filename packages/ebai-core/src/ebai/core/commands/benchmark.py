@@ -221,9 +221,9 @@ def measure_artifact(
     weights: Path | None = None,
     trust_source: bool = False,
     batch_size: int = 1,
-    repeats: int = 10,
+    repeats: int = 2,
     warmup: int = 2,
-    rounds: int = 1,
+    rounds: int = 5,
     energy: bool = True,
     energy_rounds: int = 3,
     energy_seconds: float = 1.0,
@@ -236,14 +236,15 @@ def measure_artifact(
     """Measure an artifact's engines as ``ebai benchmark`` does and return what ``--json`` prints.
 
     Rows carry name, precision, median/p95 seconds, images/s, energy per image, speed-up and
-    Pearson against the first row; :func:`benchmark_table` formats them (the bioimage.io exporter
+    Pearson against the first row (the speed-up paired round by round,
+    :func:`ebai.core.latency.paired_speedup`: with one round, the ratio of the fastest calls); :func:`benchmark_table` formats them (the bioimage.io exporter
     puts that table on the package's documentation page). Parameters are the command's options.
     With ``profile``, ``profiles`` maps each row to its engine's per-layer profile
     (:meth:`~ebai.core.interfaces.Engine.profile`, as :meth:`~ebai.core.profiling.LayerProfile.as_dict`)
     or ``None`` where the backend gives none; :func:`profiles_table` formats them side by side.
     """
     from ebai.core.hardware import cpu_info
-    from ebai.core.latency import measure_interleaved
+    from ebai.core.latency import measure_interleaved, paired_speedup
     from ebai.core.metrics import pearson
 
     art = Artifact.open(artifact)
@@ -267,7 +268,7 @@ def measure_artifact(
                 "median_s": stats.median_s,
                 "p95_s": stats.p95_s,
                 "images_per_s": batch_size / stats.median_s,
-                "speedup": latency[base.name].median_s / stats.median_s,
+                "speedup": paired_speedup(latency[base.name], stats),
                 "pearson": float(pearson(row.output, base.output)),
                 "batch": batch_size,
             }
@@ -333,11 +334,15 @@ def profiles_table(result: dict[str, Any]) -> str:
 )
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Tiles per call.")
 @click.option(
-    "--repeats", default=10, show_default=True, type=click.IntRange(min=1), help="Timed calls per row and round."
+    "--repeats", default=2, show_default=True, type=click.IntRange(min=1), help="Timed calls per row and round."
 )
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls per row first.")
 @click.option(
-    "--rounds", default=1, show_default=True, type=click.IntRange(min=1), help="Interleaved rounds over all rows."
+    "--rounds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Interleaved rounds over all rows; speed-ups are paired round by round.",
 )
 @click.option(
     "--energy/--no-energy", default=True, show_default=True, help="Measure energy per image (needs ebai-core[energy])."
@@ -403,7 +408,9 @@ def benchmark(
     Rows: the reference model run the ways each target's backend offers (OpenVINO: at f32 and at
     its default precision), each target of the artifact, and (``--against-torch``) PyTorch eager on
     the original model. Speed-ups and Pearson correlations are against PyTorch eager when present,
-    else the first of those rows. Energies marked with the same letter (~A) lie within each other's
+    else the first of those rows; a speed-up is paired: per round, the ratio of the two rows'
+    fastest calls, the median over rounds (a machine that changes speed during the run slows both
+    sides of a round alike). Energies marked with the same letter (~A) lie within each other's
     spread: the measurement does not tell them apart. ``--profile`` adds a table of where each
     row's time goes, by layer type and the precision each kernel ran in, side by side (milliseconds
     per call summed over layers, and the share of the row's total); rows whose backend counts no
