@@ -35,6 +35,7 @@ import torch
 from ebai.core import InputSpec
 from ebai.core.hardware import cpu_info
 from ebai.core.latency import measure_interleaved, paired_speedup
+from ebai.core.profiling import profiles_in_turns
 from ebai.openvino import OpenVINOBackend
 
 TILES = {"3d": (32, 64, 64), "2d": (256, 256)}
@@ -82,13 +83,12 @@ def measure(dims: str, c_in: int, args: argparse.Namespace, tmp: Path) -> dict[s
             warmup=2,
         )
         precision = default.execution_precision
-        ratios, conv_default, conv_int8 = [], [], []
-        for _ in range(args.profile_rounds):  # in turns, each round's ratio
-            d = default.profile(x, args.profile_calls).seconds("Convolution")
-            i = quantized.profile(x, args.profile_calls).seconds("Convolution")
-            conv_default.append(d)
-            conv_int8.append(i)
-            ratios.append(d / i if i > 0 else float("nan"))
+        runs = profiles_in_turns(
+            {"default": default, "int8": quantized}, x, calls=args.profile_calls, rounds=args.profile_rounds
+        )
+        conv_default = [p.seconds("Convolution") for p in runs["default"]]
+        conv_int8 = [p.seconds("Convolution") for p in runs["int8"]]
+        ratios = [d / i if i > 0 else float("nan") for d, i in zip(conv_default, conv_int8, strict=True)]
     finally:
         default.close()
         quantized.close()

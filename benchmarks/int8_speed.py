@@ -57,7 +57,7 @@ from ebai.core import InputSpec
 from ebai.core.hardware import cpu_info
 from ebai.core.latency import measure_interleaved, paired_speedup
 from ebai.core.metrics import pearson
-from ebai.core.profiling import LayerProfile, LayerTime, profile_table
+from ebai.core.profiling import LayerProfile, LayerTime, profile_table, profiles_in_turns
 from ebai.openvino import OpenVINOBackend, OpenVINOEngine
 
 MONAI_NETS = ("basicunet2d", "attentionunet2d", "segresnet3d", "basicunet3d")
@@ -227,12 +227,9 @@ def run_network(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     stats = measure_interleaved(
         {k: (lambda e=e: e(x_test)) for k, e in engines.items()}, rounds=args.rounds, repeats=args.repeats, warmup=1
     )
-    runs = interleaved_profiles(
-        engines,
-        ("OpenVINO default", "ebai int8 before", "ebai int8 after"),
-        x_test,
-        args.profile_calls,
-        args.profile_rounds,
+    profiled = ("OpenVINO default", "ebai int8 before", "ebai int8 after")
+    runs = profiles_in_turns(
+        {k: engines[k] for k in profiled}, x_test, calls=args.profile_calls, rounds=args.profile_rounds
     )
     profiles = {k: median_profile(v) for k, v in runs.items()}
     for engine in engines.values():
@@ -267,23 +264,6 @@ def run_network(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         ),
         "profiles": {k: p.as_dict() for k, p in profiles.items()},
     }
-
-
-def interleaved_profiles(
-    engines: dict[str, Any], names: tuple[str, ...], x: np.ndarray, calls: int, rounds: int
-) -> dict[str, list[LayerProfile]]:
-    """Profile the engines ``names`` in turn, ``rounds`` times; every round's profiles, by engine.
-
-    A shared machine's speed drifts by tens of percent within minutes, and this one switches
-    between a fast and a 2-2.4x slower state for seconds at a time: profiled one after the other,
-    two models would be compared at different moments; in turns, each round's profiles were taken
-    moments apart, and comparisons are made round by round (:func:`paired_ceiling`).
-    """
-    runs: dict[str, list[LayerProfile]] = {k: [] for k in names}
-    for _ in range(max(1, rounds)):
-        for k in names:
-            runs[k].append(engines[k].profile(x, calls))
-    return runs
 
 
 def median_profile(profiles: list[LayerProfile]) -> LayerProfile:
@@ -372,7 +352,8 @@ DOT_PRODUCT_TYPES = ("Convolution", "ConvolutionBackpropData", "GroupConvolution
 def paired_ceiling(default: list[LayerProfile], int8: list[LayerProfile]) -> dict[str, float]:
     """:func:`ceiling` of each round's pair of profiles; the figures of the round with the median ceiling.
 
-    One round's figures, not a median per figure: medians taken figure by figure would mix rounds
+    ``default`` and ``int8`` are :func:`~ebai.core.profiling.profiles_in_turns` runs. One round's
+    figures, not a median per figure: medians taken figure by figure would mix rounds
     and could contradict each other.
     """
     each = sorted((ceiling(d, i) for d, i in zip(default, int8, strict=True)), key=lambda c: c["ceiling"])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ebai.core.errors import InputError
 from ebai.core.interfaces import Engine
-from ebai.core.profiling import LayerProfile, profile_table
+from ebai.core.profiling import LayerProfile, profile_table, profiles_in_turns
 
 
 def _records() -> list[tuple[str, str, str, str, float]]:
@@ -61,3 +62,32 @@ def test_an_engine_without_counters_gives_no_profile() -> None:
             return batch
 
     assert Identity().profile(np.zeros((1, 1, 4, 4), np.float32)) is None
+
+
+def test_profiles_are_taken_in_turns_round_by_round() -> None:
+    order: list[str] = []
+
+    class Counting(Engine):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def infer(self, batch: np.ndarray) -> np.ndarray:
+            return batch
+
+        def profile(self, batch: np.ndarray, calls: int = 5) -> LayerProfile:
+            order.append(self.name)
+            return LayerProfile.from_layers([("c", "Convolution", "bf16", "k_bf16", 0.001 * len(order))], calls)
+
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    runs = profiles_in_turns({"a": Counting("a"), "b": Counting("b")}, x, calls=2, rounds=3)
+    assert order == ["a", "b"] * 3  # in turns, not all of a's rounds first
+    assert [len(v) for v in runs.values()] == [3, 3]
+    assert runs["b"][0].total_s > runs["a"][0].total_s  # each engine's profiles in round order
+    assert runs["a"][1].total_s > runs["b"][0].total_s
+
+    class Identity(Engine):
+        def infer(self, batch: np.ndarray) -> np.ndarray:
+            return batch
+
+    with pytest.raises(InputError, match="counts no per-layer time"):
+        profiles_in_turns({"eager": Identity()}, x, calls=1, rounds=1)

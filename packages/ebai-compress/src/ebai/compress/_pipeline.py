@@ -552,8 +552,9 @@ def _time_targets(
             note = (
                 f"{key_name} runs {speedup:.2f}x the speed of {target.backend.name} at its default precision "
                 f"({labels[key]}) on this machine ({duration(median)} vs {duration(default)} per call, "
-                f"medians of {settings.rounds} interleaved rounds; the speed-up is paired round by round): under {WORTHWHILE}x, so this compression buys "
-                f"little here over running the original network in {target.backend.name}"
+                f"medians of {settings.rounds} interleaved rounds; the speed-up is paired round by round): "
+                f"under {WORTHWHILE}x, so this compression buys little here over running the original network "
+                f"in {target.backend.name}"
             )
             logger.warning("%s", note)
         out.append(

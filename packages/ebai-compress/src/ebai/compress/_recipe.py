@@ -491,7 +491,8 @@ class TimingSettings:
     ----------
     rounds
         Interleaved rounds (target, default, target, ...), one call of one tile each; the medians
-        are recorded, and the speed-up is paired (:func:`ebai.core.latency.paired_speedup`). More rounds give steadier figures on a busy machine.
+        are recorded, and the speed-up is paired (:func:`ebai.core.latency.paired_speedup`).
+        More rounds give steadier figures on a busy machine.
     warmup
         Untimed calls of each engine before the first round.
     """

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["LayerProfile", "LayerTime", "profile_table"]
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ebai.core.interfaces import Engine
+
+__all__ = ["LayerProfile", "LayerTime", "profile_table", "profiles_in_turns"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,29 @@ class LayerProfile:
         ]
         groups.sort(key=lambda g: (-g.seconds, g.layer_type, g.precision))
         return cls(groups=tuple(groups), calls=calls, layers=per_layer)
+
+
+def profiles_in_turns(
+    engines: Mapping[str, Engine], batch: np.ndarray, *, calls: int, rounds: int
+) -> dict[str, list[LayerProfile]]:
+    """Profile every engine in turn, ``rounds`` times; each engine's profiles in round order.
+
+    Why in turns: a shared machine's speed drifts, and the one this project is measured on switches
+    between a fast and a 2-2.4x slower state for seconds at a time. Profiled one after the other,
+    two models would be compared at different moments; in turns, round ``i`` of each was taken
+    moments apart, so comparisons are made round by round (the median of per-round ratios).
+    """
+    from ebai.core.errors import InputError
+
+    runs: dict[str, list[LayerProfile]] = {name: [] for name in engines}
+    for _ in range(max(1, int(rounds))):
+        for name, engine in engines.items():
+            profile = engine.profile(batch, calls)
+            if profile is None:
+                msg = f"{name!r} counts no per-layer time (its backend has no profiler): profile another engine"
+                raise InputError(msg)
+            runs[name].append(profile)
+    return runs
 
 
 def profile_table(profiles: Mapping[str, LayerProfile | None], *, min_share: float = 0.005) -> str:

@@ -184,17 +184,15 @@ def choose(
         is their median.
     """
     from ebai.core.latency import measure_interleaved, paired_speedup
+    from ebai.core.profiling import profiles_in_turns
     from ebai.openvino._engine import OpenVINOEngine
 
     all_int8 = quantize(model, ())
-    default_profiles, int8_profiles = [], []
     with OpenVINOEngine(model) as default, OpenVINOEngine(all_int8) as first:
-        for _ in range(profile_rounds):  # in turns: see slow_int8_layers
-            default_profiles.append(default.profile(batch, profile_calls))
-            int8_profiles.append(first.profile(batch, profile_calls))
-    default_profile = default_profiles[0]
-    keep = slow_int8_layers(int8_profiles, default_profiles, ratio)
-    deconvs = f32_deconvolutions(int8_profiles[0])
+        runs = profiles_in_turns({"default": default, "int8": first}, batch, calls=profile_calls, rounds=profile_rounds)
+    default_profile = runs["default"][0]
+    keep = slow_int8_layers(runs["int8"], runs["default"], ratio)
+    deconvs = f32_deconvolutions(runs["int8"][0])
     candidates: dict[str, Any] = {"all-int8": all_int8}
     rewritten: list[str] = []
     if keep or deconvs:

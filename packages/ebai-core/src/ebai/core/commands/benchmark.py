@@ -237,8 +237,9 @@ def measure_artifact(
 
     Rows carry name, precision, median/p95 seconds, images/s, energy per image, speed-up and
     Pearson against the first row (the speed-up paired round by round,
-    :func:`ebai.core.latency.paired_speedup`: with one round, the ratio of the fastest calls); :func:`benchmark_table` formats them (the bioimage.io exporter
-    puts that table on the package's documentation page). Parameters are the command's options.
+    :func:`ebai.core.latency.paired_speedup`: with one round, the ratio of the fastest calls);
+    :func:`benchmark_table` formats them (the bioimage.io exporter puts that table on the
+    package's documentation page). Parameters are the command's options.
     With ``profile``, ``profiles`` maps each row to its engine's per-layer profile
     (:meth:`~ebai.core.interfaces.Engine.profile`, as :meth:`~ebai.core.profiling.LayerProfile.as_dict`)
     or ``None`` where the backend gives none; :func:`profiles_table` formats them side by side.
