@@ -206,6 +206,29 @@ def test_in_memory_engine_profile_matches_its_layers(held_out_3d) -> None:
     assert {g.precision for g in found.groups} <= {"f32", "undef", "i32", "i64"}
 
 
+def test_engine_profiles_again_without_compiling_again_and_frees_on_close() -> None:
+    """Profiles in turns one call apart need the profiling copy compiled once, not per profile."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from ebai.core.errors import EbaiError
+
+    param = ops.parameter(ov.PartialShape([-1, 1, 8, 8]), ov.Type.f32)
+    conv = ops.convolution(param, ops.constant(np.ones((4, 1, 3, 3), np.float32)), [1, 1], [1, 1], [1, 1], [1, 1])
+    engine = OpenVINOEngine(ov.Model([ops.relu(conv)], [param]), inference_precision="f32")
+    first = engine.profile(np.ones((1, 1, 8, 8), np.float32), calls=1)
+    profiler = engine._profiler
+    second = engine.profile(np.ones((2, 1, 8, 8), np.float32), calls=2)  # a new batch shape: warmed again
+    assert engine._profiler is profiler and profiler is not None
+    assert first.layers.keys() == second.layers.keys() and second.calls == 2
+    engine.close()
+    assert engine._profiler is None
+    with pytest.raises(EbaiError, match="closed"):
+        engine.profile(np.ones((1, 1, 8, 8), np.float32))
+    with pytest.raises(RuntimeError, match="profiler was closed"):
+        profiler.profile(np.ones((1, 1, 8, 8), np.float32))
+
+
 def test_layer_precision_default_quantizes_nothing(monai_measured, spec_3d, calibration_3d, tmp_path) -> None:
     """What a measured choice records where int8 did not pay: re-lowering with it gives the float model."""
     onnx_path = monai_measured[0]

@@ -145,7 +145,9 @@ def profiles_in_turns(
     Why in turns: a shared machine's speed drifts, and the one this project is measured on switches
     between a fast and a 2-2.4x slower state for seconds at a time. Profiled one after the other,
     two models would be compared at different moments; in turns, round ``i`` of each was taken
-    moments apart, so comparisons are made round by round (the median of per-round ratios).
+    moments apart, so comparisons are made round by round (the median of per-round ratios). The
+    closer the turns, the better: with an engine that keeps its profiling copy compiled (OpenVINO),
+    ``calls=1`` and more rounds takes each pair one call apart.
     """
     from ebai.core.errors import InputError
 

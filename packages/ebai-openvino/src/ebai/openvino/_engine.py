@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from ebai.core.interfaces import Engine
 from ebai.core.profiling import LayerProfile
 from ebai.openvino._conversion import first_line, read_ir
 from ebai.openvino._deps import require_openvino
+
+if TYPE_CHECKING:
+    from ebai.openvino._profile import ModelProfiler
 
 __all__ = ["HINTS", "INFERENCE_PRECISIONS", "OpenVINOEngine"]
 
@@ -103,6 +106,7 @@ class OpenVINOEngine(Engine):
         if isinstance(model, (str, Path)):
             model = read_ir(Path(model))
         self._model, self._config, self._device = model, config, device
+        self._profiler: ModelProfiler | None = None  # compiled at the first profile
         #: FakeQuantize operations in the model: 0 for an int8 target whose measured lowering found
         #: that no layer ran faster in int8 on the machine that made it (reports say so).
         self.quantized_layers: int = sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
@@ -202,15 +206,21 @@ class OpenVINOEngine(Engine):
         """Per-layer time (OpenVINO ``PERF_COUNT``) over ``calls`` runs of ``batch``, by layer type and precision.
 
         A second copy of the model is compiled with the same properties plus counting, so this
-        engine's own timings are not disturbed; it is freed before returning.
+        engine's own timings are not disturbed. It is compiled at the first profile and kept until
+        :meth:`close`, so profiles of several engines can be taken in turns call by call.
         """
-        from ebai.openvino._profile import profile_model
+        from ebai.openvino._profile import ModelProfiler
 
         arr = self._check(batch)
-        return profile_model(self._model, self._device, self._config, arr, calls)
+        if self._profiler is None:
+            self._profiler = ModelProfiler(self._model, self._device, self._config)
+        return self._profiler.profile(arr, calls)
 
     def close(self) -> None:
-        """Free the compiled model and its requests; later calls raise a clear error."""
+        """Free the compiled model, its requests and its profiling copy; later calls raise a clear error."""
+        if self._profiler is not None:
+            self._profiler.close()
+            self._profiler = None
         self._request = None
         self._compiled = None
         self._model = None

@@ -160,8 +160,8 @@ def choose(
     batch: np.ndarray,
     *,
     ratio: float = KEEP_RATIO,
-    profile_calls: int = 5,
-    profile_rounds: int = 3,
+    profile_calls: int = 1,
+    profile_rounds: int = 9,
 ) -> tuple[Any, PrecisionChoice]:
     """Quantize ``model`` layer by layer where int8 pays on this machine; return the model and the choice.
 
@@ -178,10 +178,12 @@ def choose(
     ratio
         See :data:`KEEP_RATIO`.
     profile_calls
-        Calls each profile is summed over.
+        Calls per profile (each layer's median call, times the calls).
     profile_rounds
         Profiles of the float and all-int8 models taken in turns; each layer's int8/default ratio
-        is their median.
+        is the median of the round-by-round ratios. One call per turn and more rounds: each
+        engine compiles its profiling copy once, so the two models are profiled one call apart
+        and see the machine in the same state.
     """
     from ebai.core.latency import measure_interleaved, paired_speedup
     from ebai.core.profiling import profiles_in_turns
