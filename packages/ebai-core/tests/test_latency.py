@@ -107,3 +107,10 @@ def test_paired_speedup_refuses_timings_from_different_runs() -> None:
         paired_speedup(one, two)
     with pytest.raises(InputError, match="same interleaved rounds"):
         paired_speedup(LatencyStats.from_samples([1.0]), LatencyStats.from_samples([1.0]))
+
+
+def test_paired_speedup_of_rounds_kept_as_plain_sequences() -> None:
+    # a report keeps each row's round minima as a list: the same pairing, the same refusal
+    assert paired_speedup([10.0, 30.0, 10.0], (5.0, 15.0, 2.0)) == pytest.approx(2.0)
+    with pytest.raises(InputError, match="same interleaved rounds"):
+        paired_speedup([1.0, 1.0], [1.0])

@@ -94,6 +94,27 @@ def test_table_ratios_and_format():
     assert len(text.splitlines()) == 2 + len(table.rows)
 
 
+def test_table_speedups_are_paired_round_by_round_when_rows_kept_their_rounds():
+    import dataclasses
+
+    from ebai.tasks._table import Row
+
+    def row(key, rounds):
+        median = sorted(rounds)[len(rounds) // 2]
+        return Row(key, key, "CPU", "fp32", median, median, None, 0.9, 1.0, 1.0, round_latency_s=tuple(rounds))
+
+    # the machine ran 3x slower in rounds 2-3 while the default's median landed there: medians say
+    # 6x, each round says 2x
+    default = row("openvino-default", [0.1, 0.3, 0.3])
+    int8 = dataclasses.replace(row("openvino-int8", [0.05, 0.15, 0.15]), latency_s=0.05)
+    table = _table([default, int8, row("openvino-f32", [0.2])], {"rounds": 3})
+    assert table.speedup(int8, "openvino-default") == pytest.approx(2.0)
+    assert default.latency_s / int8.latency_s == pytest.approx(6.0)
+    # rows without the same rounds (older tables) fall back to the ratio of medians
+    assert table.speedup(int8, "openvino-f32") == pytest.approx(0.2 / 0.05)
+    assert table.to_dict()["rows"][1]["round_latency_s"] == (0.05, 0.15, 0.15)
+
+
 def test_quick_mode_never_distils_below_what_a_task_needs():
     from ebai.tasks import get_task
     from ebai.tasks._settings import BenchSettings, distill_steps

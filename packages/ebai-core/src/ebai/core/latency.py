@@ -75,7 +75,7 @@ class LatencyStats:
         return out
 
 
-def paired_speedup(reference: LatencyStats, other: LatencyStats) -> float:
+def paired_speedup(reference: LatencyStats | Sequence[float], other: LatencyStats | Sequence[float]) -> float:
     """How many times faster ``other`` ran than ``reference``: the median over rounds of their ratio.
 
     Why: a machine whose speed switches between states for seconds at a time (a virtual CPU whose
@@ -83,9 +83,11 @@ def paired_speedup(reference: LatencyStats, other: LatencyStats) -> float:
     time, at random) makes a comparison of two medians depend on how many of each one's calls fell
     into the slow state. Within one round the two ran moments apart, in the same state, so the ratio
     of their fastest calls in that round is a fair comparison, and the median over rounds discards
-    the rounds a switch cut through. Both must come from the same :func:`measure_interleaved` call.
+    the rounds a switch cut through. Both must come from the same :func:`measure_interleaved` call:
+    its :class:`LatencyStats`, or their ``round_min_s`` as kept elsewhere (a report's table rows).
     """
-    a, b = reference.round_min_s, other.round_min_s
+    a = reference.round_min_s if isinstance(reference, LatencyStats) else tuple(reference)
+    b = other.round_min_s if isinstance(other, LatencyStats) else tuple(other)
     if not a or len(a) != len(b):
         msg = (
             f"a paired speed-up needs two timings from the same interleaved rounds, got {len(a)} and {len(b)} "

@@ -174,6 +174,7 @@ def _measure(
                 energy_low_j=None if spread is None else spread.low,
                 energy_high_j=None if spread is None else spread.high,
                 energy_same_as=same.get(v.key, ""),
+                round_latency_s=latency[v.key].round_min_s,
             )
         )
     return TaskTable(

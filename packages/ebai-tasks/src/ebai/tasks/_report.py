@@ -137,6 +137,8 @@ def _wall(tuning: dict[str, Any]) -> str:
 def _notes(table: TaskTable) -> list[str]:
     out = [
         f"- Latency: median of {table.settings.get('rounds')} interleaved rounds, one tile per call, after warm-up; "
+        "speed-ups: per round, the ratio of the two rows' times, median over rounds (paired, so a change of the "
+        "machine's speed between rounds favours neither row); "
         "volume: one tiled pass over the held-out volume (normalisation, tiling and post-processing included).",
         f"- Energy: {table.energy_label} ({table.energy_source}); {energy_note(table)}",
         "- Precision: what is stored and what the CPU computes in. OpenVINO's default on this CPU is shown as its own "

@@ -116,20 +116,25 @@ class SweepResult:
 def _paired(
     base: Callable[[], Any], point: Callable[[], Any], rounds: int, energy: bool, seconds: float
 ) -> tuple[float, float, float | None, float | None, str, str]:
-    """Latency (baseline, point) medians interleaved call by call, and energies in interleaved windows."""
+    """Latency (baseline, point) interleaved call by call, and energies in interleaved windows.
+
+    Returns the point's median latency, its speed-up over the baseline paired round by round
+    (:func:`ebai.core.latency.paired_speedup`: a machine changing speed between rounds favours
+    neither), the two energies, and the energy label and source.
+    """
     from ebai.core.energy import NOT_MEASURED, energy_available, measure_energy_interleaved
-    from ebai.core.latency import measure_interleaved
+    from ebai.core.latency import measure_interleaved, paired_speedup
 
     calls = {"base": base, "point": point}
     latency = measure_interleaved(calls, rounds=rounds, warmup=1)
-    lb, lp = latency["base"].median_s, latency["point"].median_s
+    lp, speedup = latency["point"].median_s, paired_speedup(latency["base"], latency["point"])
     if not energy:
-        return lb, lp, None, None, "not measured", "energy measurement switched off"
+        return lp, speedup, None, None, "not measured", "energy measurement switched off"
     if not energy_available():
-        return lb, lp, None, None, "not measured", NOT_MEASURED.removeprefix("not measured: ")
+        return lp, speedup, None, None, "not measured", NOT_MEASURED.removeprefix("not measured: ")
     spreads = measure_energy_interleaved(calls, rounds=2, min_duration_s=seconds, warmup=0)
     eb, ep = spreads["base"], spreads["point"]
-    return lb, lp, eb.joules_per_call, ep.joules_per_call, ep.label, ep.source
+    return lp, speedup, eb.joules_per_call, ep.joules_per_call, ep.label, ep.source
 
 
 def run_sweep(
@@ -225,7 +230,7 @@ def run_sweep(
                 with point_art.load_engine("openvino", "int8") as engine:
                     variant = Variant(f"{method}-{ratio:g}", method, "CPU", "int8", engine.infer)
                     acc, _, _, _ = accuracy_pass(task, adapter, variant, inputs, targets)
-                    lb, lp, eb, ep, label, source = _paired(
+                    lp, speedup, eb, ep, label, source = _paired(
                         lambda: f32.infer(batch),
                         lambda: engine.infer(batch),
                         settings.rounds,
@@ -241,7 +246,7 @@ def run_sweep(
                         accuracy=acc,
                         accuracy_drop=fp32_acc - acc,
                         latency_s=lp,
-                        speedup=lb / lp,
+                        speedup=speedup,
                         energy_j=ep,
                         energy_saving=(eb / ep) if eb and ep else None,
                         distill_pearson=tuning.get("pearson_after"),
@@ -367,8 +372,8 @@ def write_sweep(
             "",
             format_sweep(result),
             "",
-            f"Energy: {result.energy_label} ({result.energy_source}). Latency: median of {result.settings.get('rounds')} "
-            "calls interleaved with the baseline's.",
+            f"Energy: {result.energy_label} ({result.energy_source}). Latency: {result.settings.get('rounds')} "
+            "calls interleaved with the baseline's; speed-up: the median of the per-round ratios.",
             "",
         ]
         lines += [f"![{name}]({name})" for name in images]

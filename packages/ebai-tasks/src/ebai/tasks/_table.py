@@ -45,6 +45,10 @@ class Row:
     energy_same_as
         A letter shared with the other rows whose energies lie within each other's spread (the
         measurement does not tell them apart); empty when the row stands apart.
+    round_latency_s
+        The fastest call of each interleaved latency round, in round order: speed-ups between
+        rows are paired round by round (:func:`ebai.core.latency.paired_speedup`); empty for
+        rows made without them, whose speed-ups fall back to the ratio of medians.
     """
 
     key: str
@@ -61,6 +65,7 @@ class Row:
     energy_low_j: float | None = None
     energy_high_j: float | None = None
     energy_same_as: str = ""
+    round_latency_s: tuple[float, ...] = ()
 
 
 @dataclass
@@ -116,10 +121,19 @@ class TaskTable:
         return self.row(base)
 
     def speedup(self, row: Row, base: str) -> float | None:
-        """How many times faster than the baseline row (latency ratio), or ``None``."""
+        """How many times faster than the baseline row, or ``None``.
+
+        Paired round by round where both rows kept their rounds (timed together, as
+        :func:`~ebai.tasks._benchmark.measure_task` does): a machine that changes speed for seconds at
+        a time then cannot favour either row. Otherwise the ratio of the two medians.
+        """
+        from ebai.core.latency import paired_speedup
+
         ref = self.baseline_for(row, base)
         if ref is None or row.latency_s <= 0:
             return None
+        if ref.round_latency_s and len(ref.round_latency_s) == len(row.round_latency_s):
+            return paired_speedup(ref.round_latency_s, row.round_latency_s)
         return ref.latency_s / row.latency_s
 
     def energy_saving(self, row: Row, base: str) -> float | None:
