@@ -56,9 +56,12 @@ def test_pick_never_chooses_a_model_slower_than_the_default() -> None:
     assert pick({"all-int8": 1.03}) == "default"
     assert pick({"all-int8": 1.06, "mixed": 1.04}) == "all-int8"
     assert pick({"all-int8": 1.2}, margin=1.3) == "default"
-    # the fastest calls must show the edge too, and a candidate failing them gives way to the next
+    # the timing in the opposite order must show the edge too, and a candidate failing it gives way
+    # to the next; candidates rank by the lesser of their two speed-ups
     assert pick({"all-int8": 1.43}, {"all-int8": 1.03}) == "default"
     assert pick({"all-int8": 1.4, "mixed": 1.2}, {"all-int8": 1.0, "mixed": 1.1}) == "mixed"
+    assert pick({"all-int8": 1.5, "mixed": 1.3}, {"all-int8": 1.2, "mixed": 1.3}) == "mixed"
+    assert pick({"all-int8": 1.3}, {}) == "default"  # no second timing of a candidate: not confirmed
 
 
 def test_benchmark_says_when_an_int8_target_quantized_nothing() -> None:
@@ -120,6 +123,7 @@ def test_measured_int8_records_layers_by_precision(monai_measured, monai_unet, h
     assert choice["chosen"] in ("all-int8", "mixed", "default")
     assert set(choice["median_ms"]) >= {"default", "all-int8"} and set(choice["fastest_ms"]) == set(choice["median_ms"])
     assert set(choice["paired_speedups"]) == set(choice["median_ms"]) - {"default"}
+    assert set(choice["paired_speedups_reversed_order"]) == set(choice["paired_speedups"])
     # int8 is kept only with a paired edge of 5% over the default, as timed at lowering
     assert choice["speedup_vs_default"] >= 1.05 or choice["chosen"] == "default"
     kept, int8 = set(choice["layers_default_precision"]), set(choice["layers_int8"])
