@@ -16,8 +16,9 @@ precision the compute layers whose int8 time is above :data:`KEEP_RATIO` of thei
 with those choices; then time the default, all-int8 and mixed models in interleaved rounds, once in
 that order within each round and once in the opposite order, and keep the int8 model whose lesser
 paired speed-up over the default (:func:`ebai.core.latency.paired_speedup`) of the two timings is
-the largest, if it clears :data:`PICK_MARGIN` (:func:`pick`). Where none does, every layer is kept at the default precision (the artifact is
-then the float model: never slower than the default, and the record says so).
+the largest, if it clears :data:`PICK_MARGIN` (:func:`pick`). Where none does, every layer is kept
+at the default precision (the artifact is then the float model: never slower than the default, and
+the record says so).
 """
 
 from __future__ import annotations
@@ -148,11 +149,12 @@ def pick(
     A candidate must clear ``margin`` in both, and candidates rank by the lesser of their two.
 
     Why two timings: on a machine whose speed switches state for seconds at a time, one paired
-    timing of two copies of one float graph once measured 1.43x, and in
-    ``benchmarks/int8_pick_noise.py`` one paired timing in 20 kept a copy (1.06x) that the
-    reversed timing refused. The rule before, that the two models' single fastest calls must clear
-    the margin too, refused real gains whenever one brief fast moment fell on the default's calls
-    (the semantic task's all-int8 model, 1.32x paired, was kept in float that way).
+    timing of two copies of one float graph cleared the margin in 11 of 60 timings
+    (``benchmarks/int8_pick_noise.py``, up to 1.51x); with the opposite-order timing required
+    too, in 2 of 60. The rule before, that the two models' single fastest calls must clear the
+    margin too, cut false keeps to 3 of 60 but refused real gains in 12 of 60, whenever one brief
+    fast moment fell on the default's calls (nuclei's 1.16x int8 in 11 of 20; the semantic task's
+    1.32x once in a real lowering).
     """
 
     def score(name: str) -> float:
