@@ -65,16 +65,15 @@ def verdicts(reference: Any, candidate: Any, x: np.ndarray, args: argparse.Names
 
 
 def run_network(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from ebai.compress import export_onnx
-    from ebai.tasks import get_task
+    from int8_speed import task_net  # this folder's script: the task's network, spec and tiles
 
-    task = get_task(name)
-    spec = task.input_spec
-    raw, _ = task.make_samples(9, 100, shape=spec.tile)
-    tiles = np.stack([task.preprocess(s) for s in raw]).astype(np.float32)
+    from ebai.compress import export_onnx
+
+    net, spec, samples = task_net(name)
+    tiles = samples(9, 100)
     calibration = [tiles[i : i + 1] for i in range(8)]
     x = tiles[8:9]
-    onnx_path = export_onnx(task.load_trained(), tmp / name / "reference.onnx", calibration[0]).path
+    onnx_path = export_onnx(net, tmp / name / "reference.onnx", calibration[0]).path
     backend = OpenVINOBackend()
     fp32 = backend.lower(onnx_path, tmp / name / "fp32", precision="fp32", input_spec=spec, calibration=[])
     int8 = backend.lower(
