@@ -34,8 +34,9 @@ runs, as in ``ebai compress``. Pearson is against the original PyTorch network o
 for nothing else. Per network, a per-layer profile (``PERF_COUNT``) of the default, before and after
 models (taken in turns one call apart, median of rounds) shows where the time goes; where the target
 is missed, the script says what the profiles allow at most (:func:`ceiling`: each convolution at the
-lesser of its int8 and default time, nothing else slower, from the round with the median ceiling) and how much int8 gained on the
-convolutions by their number of input channels (:func:`channel_gains`).
+lesser of its int8 and default time, nothing else slower, from the round with the median ceiling)
+and how much int8 gained on the convolutions by their number of input channels
+(:func:`channel_gains`).
 
 Run:  python benchmarks/int8_speed.py [--nets basicunet2d,denoising] [--rounds 11] [--repeats 2] [--threads 1] [--json out.json]
 """
